@@ -1,0 +1,234 @@
+"""Bytes in, image facts and thumbnails out.
+
+Pure and thread-safe: no Scrapy imports, no shared state, so the pipeline can run it in
+worker threads or processes. The original bytes are never re-encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow format name -> file extension for the stored original.
+FORMAT_EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tif",
+    "ICO": "ico",
+    "AVIF": "avif",
+    "HEIF": "heic",
+    "JPEG2000": "jp2",
+    "SVG": "svg",
+}
+
+# (offset, magic) -> format; enough to name the formats above from the first bytes.
+_MAGIC = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (8, b"WEBP", "WEBP"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypavis", "AVIF"),
+    (4, b"ftypheic", "HEIF"),
+    (4, b"ftypheix", "HEIF"),
+    (4, b"ftypmif1", "HEIF"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+)
+
+THUMB_BACKGROUND = (255, 255, 255)
+THUMB_QUALITY = 85
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageError(Exception):
+    """An image we will not store; ``reason`` is a short stat-friendly slug."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class ImageFacts:
+    format: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    frames: int = 1
+    thumbs: dict[str, list[int]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name the image format from the first bytes, or None if it is not an image we know."""
+    for offset, magic, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    text = head[:512].lstrip().lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "SVG"
+    return None
+
+
+def extension_for(fmt: str) -> str:
+    return FORMAT_EXTENSIONS.get(fmt, fmt.lower())
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open (header only) and refuse images too large to decode, before any pixel is read."""
+    try:
+        image = Image.open(BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too-many-pixels", str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageError("not-an-image", "Pillow cannot identify it") from None
+    except Exception as exc:  # noqa: BLE001 - any header parse error means undecodable
+        raise ImageError("undecodable", str(exc)) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError("too-many-pixels", f"{width}x{height} > {max_pixels} pixels")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for a JPEG thumbnail: transparency composited on white, wide modes scaled down."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        image = image.point(lambda v: v / 256).convert("L")
+    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "LA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGBA", image.size, THUMB_BACKGROUND + (255,))
+        return Image.alpha_composite(background, image).convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def thumbnail_box(size: tuple[int, int], transposed: bool) -> tuple[int, int]:
+    """The box to fit the stored pixels into, so that after EXIF rotation it fits ``size``."""
+    return (size[1], size[0]) if transposed else size
+
+
+def _needs_swap(image: Image.Image) -> bool:
+    # EXIF orientations 5-8 rotate by 90 degrees: width and height trade places.
+    return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+
+
+def make_thumbnails(
+    image: Image.Image, sizes: dict[str, tuple[int, int]]
+) -> dict[str, Image.Image]:
+    """One decode, every size: aspect kept, never enlarged, EXIF orientation applied."""
+    if not sizes:
+        return {}
+    swap = _needs_swap(image)
+    biggest = max(sizes.values(), key=lambda s: s[0] * s[1])
+    if image.format == "JPEG":
+        # Decode at the smallest DCT scale that still leaves 2x headroom (as thumbnail() does).
+        box = thumbnail_box(biggest, swap)
+        image.draft("RGB", (box[0] * 2, box[1] * 2))
+    image.load()
+    base = to_rgb(ImageOps.exif_transpose(image))
+    thumbs = {}
+    for name, size in sorted(sizes.items(), key=lambda kv: -kv[1][0] * kv[1][1]):
+        thumb = base.copy()
+        thumb.thumbnail(size, Image.Resampling.LANCZOS)
+        thumbs[name] = thumb
+    return thumbs
+
+
+def encode_jpeg(image: Image.Image, quality: int = THUMB_QUALITY) -> bytes:
+    buf = BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temp file and rename, so a killed write never leaves a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    return (height, width) if _needs_swap(image) else (width, height)
+
+
+def process_image(
+    data: bytes,
+    original_path: str | None,
+    thumbs: dict[str, tuple[tuple[int, int], str]],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> dict:
+    """Validate ``data``, write it unchanged to ``original_path`` and each thumbnail
+    ``{name: ((w, h), path)}`` as JPEG. Returns :class:`ImageFacts` as a dict.
+
+    Raises :class:`ImageError` for anything that is not a decodable image; nothing is
+    written then. This is the unit of work the pipeline hands to its worker pool.
+    """
+    if not data:
+        raise ImageError("empty", "zero bytes")
+    fmt = sniff_format(data[:512])
+    if fmt == "SVG":
+        # Vector: kept as is; no raster thumbnail without an SVG renderer.
+        facts = ImageFacts("SVG", 0, 0, len(data), hashlib.sha256(data).hexdigest())
+        if original_path:
+            atomic_write(original_path, data)
+        return facts.as_dict()
+    image = open_image(data, max_pixels)
+    fmt = image.format or fmt or "unknown"
+    width, height = displayed_size(image)
+    facts = ImageFacts(
+        format=fmt,
+        width=width,
+        height=height,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        frames=getattr(image, "n_frames", 1),
+    )
+    try:
+        if thumbs:
+            made = make_thumbnails(image, {name: size for name, (size, _) in thumbs.items()})
+        else:
+            # Still decode (cheaply) to prove the file is a whole image before keeping it.
+            if image.format == "JPEG":
+                image.draft("RGB", (1, 1))
+            image.load()
+            made = {}
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams raise many types
+        raise ImageError("undecodable", str(exc) or type(exc).__name__) from None
+    encoded = {name: encode_jpeg(thumb) for name, thumb in made.items()}
+    if original_path:
+        atomic_write(original_path, data)
+    for name, blob in encoded.items():
+        atomic_write(thumbs[name][1], blob)
+        facts.thumbs[name] = list(made[name].size)
+    return facts.as_dict()

@@ -1,0 +1,53 @@
+"""What is already stored: image URL -> stored record.
+
+Lets the pipeline answer "already stored and fresh?" with one indexed lookup and a few
+``stat`` calls, instead of Scrapy's read-and-MD5-the-whole-file check. Pure (sqlite3 only).
+One :class:`SQLiteIndex` must be used from one thread at a time; the pipeline gives it a
+dedicated thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    url TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    stored_at REAL NOT NULL
+)
+"""
+
+
+class SQLiteIndex:
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread off: created on the reactor thread, used on the index thread.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # WAL + NORMAL: a commit per image costs no fsync, and a crash loses at most the
+        # last few records (their images are then fetched again, never half-stored).
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(SCHEMA)
+
+    def get(self, url: str) -> tuple[dict, float] | None:
+        row = self._db.execute(
+            "SELECT record, stored_at FROM images WHERE url = ?", (url,)
+        ).fetchone()
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def put(self, url: str, record: dict, stored_at: float | None = None) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO images (url, record, stored_at) VALUES (?, ?, ?)",
+            (url, json.dumps(record, sort_keys=True), stored_at or time.time()),
+        )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()

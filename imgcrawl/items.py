@@ -1,0 +1,25 @@
+"""One item per image, so the manifest has one flat line per image."""
+
+from __future__ import annotations
+
+import scrapy
+
+
+class GalleryItem(scrapy.Item):
+    # Set by the spider.
+    image_urls = scrapy.Field()  # [url]: the one full-size URL the pipeline fetches
+    page_url = scrapy.Field()  # the page the image was found on
+    alt = scrapy.Field()
+    title = scrapy.Field()
+    # Set by the pipeline (see pipelines.RESULT_FIELDS).
+    images = scrapy.Field()  # Scrapy's result list: one dict per URL
+    url = scrapy.Field()
+    status = scrapy.Field()  # downloaded | uptodate | cached | failed
+    reason = scrapy.Field()  # why it failed, e.g. http-404, not-an-image, timeout
+    path = scrapy.Field()  # the original, relative to IMAGES_STORE
+    sha256 = scrapy.Field()  # of the original bytes as the server sent them
+    format = scrapy.Field()
+    width = scrapy.Field()
+    height = scrapy.Field()
+    bytes = scrapy.Field()
+    thumbs = scrapy.Field()  # {name: path}

