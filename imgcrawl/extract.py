@@ -184,7 +184,7 @@ def image_candidates(sel: Selector, page_url: str) -> list[ImageCandidate]:
 
     for img in sel.xpath("//img | //picture"):
         tag = img.xpath("name()").get().lower()
-        if tag == "img" and img.xpath("parent::picture"):
+        if tag == "img" and img.xpath("ancestor::picture"):
             continue  # handled with its <picture>
         url = best_picture_url(img, base) if tag == "picture" else best_img_url(img, base)
         inner = img if tag == "img" else (img.css("img") or [img])[0]

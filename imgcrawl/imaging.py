@@ -202,17 +202,18 @@ def process_image(
             atomic_write(original_path, data)
         return facts.as_dict()
     image = open_image(data, max_pixels)
-    fmt = image.format or fmt or "unknown"
-    width, height = displayed_size(image)
-    facts = ImageFacts(
-        format=fmt,
-        width=width,
-        height=height,
-        bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        frames=getattr(image, "n_frames", 1),
-    )
     try:
+        # Everything below may read pixel data (PNG's getexif() loads the image), so
+        # every decoder error in it means "undecodable".
+        width, height = displayed_size(image)
+        facts = ImageFacts(
+            format=image.format or fmt or "unknown",
+            width=width,
+            height=height,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            frames=getattr(image, "n_frames", 1),
+        )
         if thumbs:
             made = make_thumbnails(image, {name: size for name, (size, _) in thumbs.items()})
         else:
@@ -221,8 +222,6 @@ def process_image(
                 image.draft("RGB", (1, 1))
             image.load()
             made = {}
-    except ImageError:
-        raise
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams raise many types
         raise ImageError("undecodable", str(exc) or type(exc).__name__) from None
     encoded = {name: encode_jpeg(thumb) for name, thumb in made.items()}

@@ -1,0 +1,160 @@
+"""imaging.py on its own: byte-exact originals, thumbnails, transparency, EXIF, animation."""
+
+from __future__ import annotations
+
+import hashlib
+from io import BytesIO
+
+import pytest
+from PIL import Image
+
+from imgcrawl import imaging
+
+
+def encode(image: Image.Image, fmt: str, **params) -> bytes:
+    buf = BytesIO()
+    image.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def gradient(size=(800, 600)) -> Image.Image:
+    image = Image.new("RGB", size)
+    image.putdata([(x * 255 // size[0], y * 255 // size[1], 128) for y in range(size[1]) for x in range(size[0])])
+    return image
+
+
+def run(tmp_path, data: bytes, thumbs=None, **kw):
+    thumbs = thumbs if thumbs is not None else {"small": (256, 256)}
+    jobs = {name: (size, str(tmp_path / f"{name}.jpg")) for name, size in thumbs.items()}
+    facts = imaging.process_image(data, str(tmp_path / "original"), jobs, **kw)
+    return facts, {name: Image.open(tmp_path / f"{name}.jpg") for name in thumbs}
+
+
+def test_original_is_stored_byte_exact_and_never_reencoded(tmp_path):
+    data = encode(gradient(), "JPEG", quality=93)
+    facts, _ = run(tmp_path, data)
+    stored = (tmp_path / "original").read_bytes()
+    assert stored == data
+    assert facts["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (facts["format"], facts["width"], facts["height"], facts["bytes"]) == ("JPEG", 800, 600, len(data))
+
+
+def test_thumbnails_keep_aspect_and_are_never_enlarged(tmp_path):
+    data = encode(gradient((1000, 400)), "PNG")
+    facts, thumbs = run(tmp_path, data, {"small": (256, 256), "huge": (4000, 4000)})
+    assert thumbs["small"].size == (256, 102)
+    assert thumbs["huge"].size == (1000, 400)
+    assert thumbs["small"].format == "JPEG"
+    assert facts["thumbs"] == {"huge": [1000, 400], "small": [256, 102]}
+
+
+def test_jpeg_thumbnail_uses_reduced_size_decode(tmp_path):
+    image = Image.open(BytesIO(encode(gradient((2048, 1536)), "JPEG")))
+    imaging.make_thumbnails(image, {"small": (256, 256)})
+    # draft() picked a DCT scale: the decoded image is smaller than the file's pixels.
+    assert image.size[0] < 2048 and image.size[0] >= 512
+
+
+def test_transparent_pixels_come_out_white_not_their_hidden_colour(tmp_path):
+    rgba = Image.new("RGBA", (300, 300), (255, 0, 0, 0))  # fully transparent, hidden red
+    rgba.paste((0, 0, 255, 255), (100, 100, 200, 200))  # an opaque blue square
+    _, thumbs = run(tmp_path, encode(rgba, "PNG"))
+    thumb = thumbs["small"].convert("RGB")
+    corner = thumb.getpixel((5, 5))
+    centre = thumb.getpixel((128, 128))
+    assert all(c > 245 for c in corner), corner
+    assert centre[2] > 200 and centre[0] < 40, centre
+
+
+@pytest.mark.parametrize("mode", ["LA", "P"])
+def test_other_transparent_modes_composited_on_white(tmp_path, mode):
+    if mode == "LA":
+        image = Image.new("LA", (200, 200), (0, 0))  # transparent black
+    else:
+        image = Image.new("P", (200, 200), 0)
+        image.putpalette([0, 0, 0] + [255, 0, 0] * 255)
+        image.info["transparency"] = 0
+    data = encode(image, "PNG", **({"transparency": 0} if mode == "P" else {}))
+    _, thumbs = run(tmp_path, data)
+    assert all(c > 245 for c in thumbs["small"].convert("RGB").getpixel((10, 10)))
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_applied_to_thumbnail(tmp_path, orientation):
+    image = Image.new("RGB", (400, 200), (255, 255, 255))
+    image.paste((255, 0, 0), (0, 0, 100, 100))  # red mark at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(image, "JPEG", exif=exif)
+    facts, thumbs = run(tmp_path, data)
+    thumb = thumbs["small"]
+    rotated = orientation in (6, 8)
+    assert thumb.size == ((128, 256) if rotated else (256, 128))
+    assert (facts["width"], facts["height"]) == ((200, 400) if rotated else (400, 200))
+    # Where the red mark lands: 3 = 180°, 6 = 90° clockwise, 8 = 90° counter-clockwise.
+    w, h = thumb.size
+    spot = {3: (w - 10, h - 10), 6: (w - 10, 10), 8: (10, h - 10)}[orientation]
+    r, g, b = thumb.getpixel(spot)
+    assert r > 200 and g < 60 and b < 60, (orientation, (r, g, b))
+    assert (tmp_path / "original").read_bytes() == data  # the original keeps its EXIF
+
+
+def test_animated_gif_first_frame_and_frame_count(tmp_path):
+    frames = [Image.new("RGB", (300, 300), colour) for colour in ((0, 200, 0), (200, 0, 0), (0, 0, 200))]
+    buf = BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    facts, thumbs = run(tmp_path, buf.getvalue())
+    assert facts["format"] == "GIF" and facts["frames"] == 3
+    r, g, b = thumbs["small"].convert("RGB").getpixel((50, 50))
+    assert g > 150 and r < 60 and b < 60  # green: the first frame
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"<!doctype html><html><body>404</body></html>", "not-an-image"),
+        (encode(gradient(), "JPEG")[:2000], "undecodable"),
+        (encode(gradient(), "PNG")[:1500], "undecodable"),
+    ],
+)
+def test_bad_images_raise_with_reason_and_write_nothing(tmp_path, data, reason):
+    with pytest.raises(imaging.ImageError) as info:
+        run(tmp_path, data)
+    assert info.value.reason == reason
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_many_pixels_refused_before_decoding(tmp_path):
+    data = encode(Image.new("L", (4000, 4000)), "PNG")  # 16 MP, a few KB
+    with pytest.raises(imaging.ImageError) as info:
+        run(tmp_path, data, max_pixels=10_000_000)
+    assert info.value.reason == "too-many-pixels"
+
+
+def test_without_thumbnails_still_validates(tmp_path):
+    with pytest.raises(imaging.ImageError):
+        run(tmp_path, encode(gradient(), "JPEG")[:1500], thumbs={})
+    facts, _ = run(tmp_path, encode(gradient(), "WEBP"), thumbs={})
+    assert facts["format"] == "WEBP" and facts["thumbs"] == {}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("JPEG", "JPEG"), ("PNG", "PNG"), ("GIF", "GIF"), ("WEBP", "WEBP"), ("BMP", "BMP"), ("TIFF", "TIFF")],
+)
+def test_sniff_format_names_real_format(fmt, name):
+    assert imaging.sniff_format(encode(gradient((20, 20)), fmt)[:64]) == name
+
+
+def test_sniff_format_svg_and_unknown():
+    assert imaging.sniff_format(b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>') == "SVG"
+    assert imaging.sniff_format(b"<html>") is None
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "a" / "b.bin"
+    imaging.atomic_write(target, b"first")
+    imaging.atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["b.bin"]  # no temp files left
