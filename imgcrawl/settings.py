@@ -65,6 +65,8 @@ FEED_EXPORT_FIELDS = [
     "url", "page_url", "alt", "title", "status", "reason", "path", "sha256",
     "format", "width", "height", "bytes", "thumbs",
 ]
+# CSV's thumbs column as JSON ({"small": "thumbs/small/….jpg"}), not a Python repr.
+FEED_EXPORTERS = {"csv": "imgcrawl.exporters.ManifestCsvItemExporter"}
 
 # A progress line every IMGCRAWL_PROGRESS_INTERVAL seconds, a summary and a contact sheet at
 # the end. Scrapy's LogStats line ("Crawled N pages ... items/min") would only repeat it.
