@@ -81,8 +81,12 @@ def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
     """Render and write atomically (a reader never sees half a sheet)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(records, title), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(render(records, title), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written file behind
+        raise
     return path
 
 

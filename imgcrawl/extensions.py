@@ -182,6 +182,8 @@ class ContactSheet:
 
     async def spider_closed(self, spider, reason: str) -> None:
         if self.buffer is None or not self.buffer.tell():
+            if self.buffer is not None:
+                self.buffer.close()
             return  # nothing crawled (e.g. a bad argument): leave any old sheet alone
         title = f"{spider.name}: {self.crawler.settings.get('IMAGES_STORE')}"
         try:

@@ -125,8 +125,8 @@ def failure_reason(exc: BaseException) -> str:
     """A short, stable slug for why a download failed (used in stats and logs)."""
     if isinstance(exc, (ImageFailed, imaging.ImageError)):
         return exc.reason
-    if isinstance(exc, (OSError, sqlite3.Error)) and store_failure(exc):
-        return store_failure(exc)
+    if isinstance(exc, (OSError, sqlite3.Error)) and (store_reason := store_failure(exc)):
+        return store_reason
     if isinstance(exc, IgnoreRequest):
         return "robots" if "robots" in str(exc).lower() else "filtered"
     for cls, reason in (
@@ -243,13 +243,15 @@ class GalleryImagesPipeline(ImagesPipeline):
             self.report_store_failure(reason, exc)
             raise CloseSpider(reason.replace("-", "_")) from None
 
-    def report_store_failure(self, reason: str, exc: BaseException) -> None:
-        """The one ERROR line for a store that cannot take more files; later ones are only counted."""
+    def report_store_failure(self, reason: str, exc: BaseException) -> bool:
+        """The one ERROR line for a store that cannot take more files (True the first time);
+        later failures are only counted."""
         if self.store_failed:
-            return
+            return False
         self.store_failed = True
         detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         logger.error("imgcrawl: %s", STORE_FAILURES[reason].format(root=self.local_root, detail=detail))
+        return True
 
     def close_spider(self, spider=None) -> None:
         self.workers.shutdown(wait=True)
@@ -353,8 +355,7 @@ class GalleryImagesPipeline(ImagesPipeline):
         self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
         if reason in STORE_FAILURES:
             # Every further image would fail the same way: stop, after saying so once.
-            if not self.store_failed:
-                self.report_store_failure(reason, exc)
+            if self.report_store_failure(reason, exc):
                 deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason.replace("-", "_")))
             raise ImageFailed(reason, str(exc)) from None
         detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
