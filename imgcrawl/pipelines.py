@@ -16,10 +16,12 @@ Glue only: Pillow work is in :mod:`imgcrawl.imaging`, the "already stored?" inde
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,6 +33,7 @@ from itemadapter import ItemAdapter
 from scrapy import Request
 from scrapy.exceptions import (
     CannotResolveHostError,
+    CloseSpider,
     DownloadCancelledError,
     DownloadConnectionRefusedError,
     DownloadFailedError,
@@ -42,7 +45,7 @@ from scrapy.exceptions import (
 from scrapy.http.request import NO_CALLBACK
 from scrapy.pipelines.files import FSFilesStore
 from scrapy.pipelines.images import ImagesPipeline
-from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import referer_str
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore
@@ -94,10 +97,36 @@ def parse_thumbs(value: Any) -> dict[str, tuple[int, int]]:
     return thumbs
 
 
+# Failures of the store itself, not of one image: the crawl stops with one line and the fix.
+STORE_FAILURES = {
+    "disk-full": (
+        "IMAGES_STORE {root} is full ({detail}): free some space there or point the crawl "
+        "at a bigger disk with -s IMAGES_STORE=/path/to/dir"
+    ),
+    "store-not-writable": (
+        "cannot write to IMAGES_STORE {root} ({detail}): give this user write permission "
+        "there (chown/chmod) or choose another directory with -s IMAGES_STORE=/path/to/dir"
+    ),
+}
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """``disk-full`` / ``store-not-writable`` when ``exc`` says so (errno, or SQLite's words)."""
+    code = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
+        return "disk-full"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly database" in text:
+        return "store-not-writable"
+    return None
+
+
 def failure_reason(exc: BaseException) -> str:
     """A short, stable slug for why a download failed (used in stats and logs)."""
     if isinstance(exc, (ImageFailed, imaging.ImageError)):
         return exc.reason
+    if isinstance(exc, (OSError, sqlite3.Error)) and (store_reason := store_failure(exc)):
+        return store_reason
     if isinstance(exc, IgnoreRequest):
         return "robots" if "robots" in str(exc).lower() else "filtered"
     for cls, reason in (
@@ -140,6 +169,17 @@ class _RecentResults(OrderedDict):
             self.popitem(last=False)
 
 
+class LocalStore(FSFilesStore):
+    """The stock local store, minus its traceback for a directory it cannot create:
+    the pipeline's ``open_spider`` meets the same error and reports it in one line."""
+
+    def _mkdir(self, dirname, domain=None) -> None:
+        try:
+            super()._mkdir(dirname, domain)
+        except OSError:
+            pass
+
+
 def _run_in(executor: Executor, fn, *args) -> Deferred:
     """Submit to a thread or process pool; the Deferred fires back on the reactor thread."""
     d: Deferred = Deferred()
@@ -159,6 +199,7 @@ class GalleryImagesPipeline(ImagesPipeline):
     LOG_FAILED_RESULTS = False  # media_failed already said it, once
     DEFAULT_IMAGES_RESULT_FIELD = "images"
     RECENT_RESULTS = 1024
+    STORE_SCHEMES = {**ImagesPipeline.STORE_SCHEMES, "": LocalStore, "file": LocalStore}
 
     def __init__(self, store_uri, *, crawler):
         super().__init__(store_uri, crawler=crawler)
@@ -185,18 +226,37 @@ class GalleryImagesPipeline(ImagesPipeline):
             # Workers write files directly (atomic rename); remote stores are not wired yet.
             raise BadSetting(f"IMAGES_STORE={store_uri!r}: imgcrawl stores to a local directory")
         self.local_root = Path(self.store.basedir).resolve()
-        index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
-        self.index = SQLiteIndex(index_path)
+        self.index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
+        self.index: SQLiteIndex | None = None
+        self.store_failed = False
         self.index_thread = ThreadPoolExecutor(1, thread_name_prefix="imgcrawl-index")
         self.thumbs_signature = json.dumps(sorted(self.thumbs.items()))
 
     def open_spider(self, spider=None) -> None:
         super().open_spider()
         self.spiderinfo.downloaded = _RecentResults(self.RECENT_RESULTS)
+        try:
+            # Creates the store directory: the first write, so the place to learn it fails.
+            self.index = SQLiteIndex(self.index_path)
+        except (OSError, sqlite3.Error) as exc:
+            reason = store_failure(exc) or "store-not-writable"
+            self.report_store_failure(reason, exc)
+            raise CloseSpider(reason.replace("-", "_")) from None
+
+    def report_store_failure(self, reason: str, exc: BaseException) -> bool:
+        """The one ERROR line for a store that cannot take more files (True the first time);
+        later failures are only counted."""
+        if self.store_failed:
+            return False
+        self.store_failed = True
+        detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        logger.error("imgcrawl: %s", STORE_FAILURES[reason].format(root=self.local_root, detail=detail))
+        return True
 
     def close_spider(self, spider=None) -> None:
         self.workers.shutdown(wait=True)
-        self.index_thread.submit(self.index.close).result()
+        if self.index is not None:
+            self.index_thread.submit(self.index.close).result()
         self.index_thread.shutdown(wait=True)
 
     async def process_item(self, item, spider=None):
@@ -292,12 +352,17 @@ class GalleryImagesPipeline(ImagesPipeline):
     def media_failed(self, failure, request, info):
         exc = failure.value
         reason = failure_reason(exc)
+        self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
+        if reason in STORE_FAILURES:
+            # Every further image would fail the same way: stop, after saying so once.
+            if self.report_store_failure(reason, exc):
+                deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason.replace("-", "_")))
+            raise ImageFailed(reason, str(exc)) from None
         detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
         logger.warning(
             "Image failed (%s): %s referred in <%s>: %s",
             reason, request.url, referer_str(request), detail.splitlines()[0][:300],
         )
-        self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
         raise ImageFailed(reason, detail) from None
 
     def item_completed(self, results, item, info):

@@ -57,8 +57,22 @@ FEEDS = {
     "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False},
 }
 FEED_URI_PARAMS = "imgcrawl.pipelines.manifest_uri_params"
+# No images, no manifest: an empty file says nothing, and a store we cannot write to would
+# add the feed exporter's traceback to the pipeline's one-line explanation.
+FEED_STORE_EMPTY = False
 # The manifest's columns (CSV via -o images.csv gets the same ones).
 FEED_EXPORT_FIELDS = [
     "url", "page_url", "alt", "title", "status", "reason", "path", "sha256",
     "format", "width", "height", "bytes", "thumbs",
 ]
+# CSV's thumbs column as JSON ({"small": "thumbs/small/….jpg"}), not a Python repr.
+FEED_EXPORTERS = {"csv": "imgcrawl.exporters.ManifestCsvItemExporter"}
+
+# A progress line every IMGCRAWL_PROGRESS_INTERVAL seconds, a summary and a contact sheet at
+# the end. Scrapy's LogStats line ("Crawled N pages ... items/min") would only repeat it.
+EXTENSIONS = {
+    "scrapy.extensions.logstats.LogStats": None,
+    "imgcrawl.extensions.Progress": 500,
+    "imgcrawl.extensions.ContactSheet": 510,
+}
+IMGCRAWL_PROGRESS_INTERVAL = 10

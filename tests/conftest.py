@@ -104,10 +104,12 @@ class CrawlResult:
 
 
 def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
-              settings: dict | None = None, timeout: float = CRAWL_TIMEOUT) -> CrawlResult:
-    """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings."""
+              settings: dict | None = None, timeout: float = CRAWL_TIMEOUT,
+              wrapper: tuple[str, ...] = ()) -> CrawlResult:
+    """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings;
+    ``wrapper`` is a command prefix (e.g. ``unshare ...``) to run it under."""
     store = store or tmp_path / "store"
-    cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
+    cmd = [*wrapper, sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
     for name, value in (settings or {}).items():
         cmd += ["-s", f"{name}={value}"]
     cmd += list(args)

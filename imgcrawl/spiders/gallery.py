@@ -6,6 +6,8 @@ Per-site spiders subclass :class:`GallerySpider` and override one hook
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -51,9 +53,32 @@ def parse_count(name: str, value: Any, default: int | None) -> int | None:
     return number
 
 
+def check_known(given: Iterable[str], known: list[str]) -> None:
+    """Refuse a mistyped ``-a`` name; ``_``-prefixed ones (scrapyd's ``_job``) are fine."""
+    for name in given:
+        if not name.startswith("_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean -a {close[0]}=...? " if close else ""
+            raise BadArgument(f"unknown -a {name}=...: {hint}known arguments: {', '.join(known)}")
+
+
 class GallerySpider(scrapy.Spider):
     name = "gallery"
     example_url = "https://example.com/gallery"
+    # -a names a subclass reads from ``self`` without naming them in its ``__init__``
+    # (Scrapy sets every -a as an attribute); named ``__init__`` parameters are known anyway.
+    extra_arguments: tuple[str, ...] = ()
+
+    @classmethod
+    def known_arguments(cls) -> list[str]:
+        names = [
+            p.name
+            for klass in reversed(cls.__mro__)
+            if issubclass(klass, GallerySpider) and "__init__" in vars(klass)
+            for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        return list(dict.fromkeys([*names, *cls.extra_arguments]))
 
     def __init__(
         self,
@@ -71,6 +96,7 @@ class GallerySpider(scrapy.Spider):
         self.images_queued = 0
         self._seen_pages: set[str] = set()
         try:
+            check_known(kwargs, self.known_arguments())
             cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
             if url is not None or not getattr(self, "start_urls", None):
                 self.start_urls = parse_urls(url, cmd_example)

@@ -1,0 +1,172 @@
+"""The contact sheet: one self-contained ``index.html`` in the image store.
+
+Pure (standard library only). The records are embedded as JSON and a few lines of inline
+script show one page of thumbnails at a time, so 20,000 images never become 20,000
+``<img>`` elements; thumbnails are lazy-loaded and every link is relative to the store,
+so the file opens from disk with no server and no network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+PAGE_SIZE = 120  # thumbnails per screen: enough to scan, few enough to stay light
+MAX_FAILURES_LISTED = 500  # the rest are in the manifest (status "failed")
+
+
+def record_for(item: dict) -> dict:
+    """The compact per-image record the sheet needs, from a manifest line / item."""
+    thumbs = item.get("thumbs") or {}
+    return {
+        "u": item.get("url"),
+        "g": item.get("page_url") or "",
+        "a": item.get("alt") or item.get("title") or "",
+        "s": item.get("status"),
+        "r": item.get("reason"),
+        "p": item.get("path"),
+        # The smallest thumbnail would be ideal, but names carry no size: take the first.
+        "t": next(iter(thumbs.values()), None),
+        "w": item.get("width"),
+        "h": item.get("height"),
+        "f": item.get("format"),
+        "b": item.get("bytes"),
+    }
+
+
+def _group_in_order(records: Iterable[dict]) -> list[dict]:
+    """Stored images grouped by the page they were found on, pages in crawl order."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(record["g"], []).append(record)
+    return [r for group in groups.values() for r in group]
+
+
+def _script_json(value) -> str:
+    # "<" escaped so no string in the data can close the <script> element.
+    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def render(records: Iterable[dict], title: str) -> str:
+    stored, failed = [], []
+    for record in records:
+        (failed if record["s"] == "failed" else stored).append(record)
+    stored = _group_in_order(stored)
+    failures = "".join(
+        f'<li><a href="{html.escape(r["u"] or "")}">{html.escape(r["u"] or "")}</a>'
+        f' <b>{html.escape(r["r"] or "failed")}</b>'
+        + (f' on <a href="{html.escape(r["g"])}">{html.escape(r["g"])}</a>' if r["g"] else "")
+        + "</li>"
+        for r in failed[:MAX_FAILURES_LISTED]
+    )
+    if len(failed) > MAX_FAILURES_LISTED:
+        failures += f"<li>… and {len(failed) - MAX_FAILURES_LISTED} more: see the manifest (status failed)</li>"
+    failures_block = (
+        f'<details id="failures"><summary>{len(failed)} failed</summary><ul>{failures}</ul></details>'
+        if failed else ""
+    )
+    return (
+        TEMPLATE.replace("{{title}}", html.escape(title))
+        .replace("{{count}}", f"{len(stored)} images")
+        .replace("{{failures}}", failures_block)
+        .replace("{{page_size}}", str(PAGE_SIZE))
+        .replace("{{data}}", _script_json(stored))
+    )
+
+
+def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
+    """Render and write atomically (a reader never sees half a sheet)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(render(records, title), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written file behind
+        raise
+    return path
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{title}}</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
+header{position:sticky;top:0;background:#222;color:#eee;padding:8px 16px;display:flex;gap:16px;align-items:center;flex-wrap:wrap;z-index:1}
+header h1{font-size:16px;margin:0}
+header button{font:inherit;padding:2px 10px}
+main{padding:8px 16px}
+h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:break-all}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:8px}
+.grid a{position:relative;display:flex;align-items:center;justify-content:center;height:180px;background:#fff;border:1px solid #ddd;overflow:hidden}
+.grid img{max-width:100%;max-height:100%}
+.grid span{position:absolute;left:0;right:0;bottom:0;background:rgba(0,0,0,.7);color:#fff;font-size:12px;padding:2px 4px;display:none}
+.grid a:hover span,.grid a:focus span{display:block}
+#failures{margin:8px 16px}
+#failures li{word-break:break-all}
+</style></head>
+<body>
+<header><h1>{{title}}</h1><span id="count">{{count}}</span>
+<nav><button id="prev">&larr; prev</button> <span id="where"></span> <button id="next">next &rarr;</button></nav></header>
+{{failures}}
+<main id="sheet"></main>
+<script id="data" type="application/json">{{data}}</script>
+<script>
+"use strict";
+const images = JSON.parse(document.getElementById("data").textContent);
+const pageSize = {{page_size}};
+const pages = Math.max(1, Math.ceil(images.length / pageSize));
+const sheet = document.getElementById("sheet");
+function kb(n) { return n >= 1048576 ? (n / 1048576).toFixed(1) + " MB" : Math.ceil(n / 1024) + " KB"; }
+function current() {
+  const m = /page=(\\d+)/.exec(location.hash);
+  return Math.min(pages, Math.max(1, m ? +m[1] : 1));
+}
+function show() {
+  const page = current(), first = (page - 1) * pageSize;
+  sheet.textContent = "";
+  let grid = null, group = null;
+  for (const im of images.slice(first, first + pageSize)) {
+    if (im.g !== group || !grid) {
+      group = im.g;
+      const h = document.createElement("h2");
+      h.textContent = group || "(no page)";
+      grid = document.createElement("div");
+      grid.className = "grid";
+      sheet.append(h, grid);
+    }
+    const a = document.createElement("a");
+    a.href = im.p;
+    const info = (im.w ? im.w + "\\u00d7" + im.h + " " : "") + (im.f || "") + (im.b ? ", " + kb(im.b) : "");
+    a.title = info + (im.a ? "\\n" + im.a : "") + "\\n" + im.u;
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.decoding = "async";
+    img.alt = im.a || "";
+    img.src = im.t || im.p;
+    const span = document.createElement("span");
+    span.textContent = info;
+    a.append(img, span);
+    grid.append(a);
+  }
+  document.getElementById("where").textContent = "page " + page + " of " + pages;
+  document.getElementById("prev").disabled = page <= 1;
+  document.getElementById("next").disabled = page >= pages;
+  window.scrollTo(0, 0);
+}
+function go(delta) { location.hash = "page=" + (current() + delta); }
+document.getElementById("prev").onclick = () => go(-1);
+document.getElementById("next").onclick = () => go(1);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "ArrowLeft" && current() > 1) go(-1);
+  if (e.key === "ArrowRight" && current() < pages) go(1);
+});
+window.addEventListener("hashchange", show);
+show();
+</script>
+</body></html>
+"""

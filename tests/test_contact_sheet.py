@@ -1,0 +1,132 @@
+"""The contact sheet (index.html in the store), checked in a real headless Chromium."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+from conftest import REPO, run_crawl
+from imgcrawl import contact_sheet
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; .ci/run installs it
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+def open_sheet(browser, path: Path, requests: list[str]):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(path.as_uri())
+    return page
+
+
+def local_path(url: str) -> Path:
+    parts = urlsplit(url)
+    assert parts.scheme == "file", url
+    return Path(unquote(parts.path))
+
+
+def test_contact_sheet_of_a_crawl(demo_site, tmp_path, browser):
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}")
+    assert result.returncode == 0, result.log[-3000:]
+    sheet = result.store / "index.html"
+    assert f"Contact sheet: {sheet.as_uri()}" in result.log
+    manifest = {line["path"]: line for line in result.manifest() if line["status"] == "downloaded"}
+    assert len(manifest) == 18
+
+    requests: list[str] = []
+    page = open_sheet(browser, sheet, requests)
+    assert page.inner_text("#count") == "18 images"
+    assert page.inner_text("#where") == "page 1 of 1"
+    # Failures: counted and listed with reason.
+    assert page.inner_text("#failures summary") == "1 failed"
+    failures = page.text_content("#failures ul")  # inside a closed <details>
+    assert demo_site.url("/img/broken.jpg") in failures and "undecodable" in failures
+    # Grouped by the page each image was found on.
+    groups = page.locator("main h2").all_inner_texts()
+    assert demo_site.url("/gallery/") in groups and len(groups) == len(set(groups)) > 1
+
+    tiles = page.locator("main .grid a").all()
+    assert len(tiles) == 18
+    for tile in tiles:
+        img = tile.locator("img")
+        assert img.get_attribute("loading") == "lazy"
+        tile.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle(), timeout=10_000)
+        # The thumbnail shown is the stored thumbnail, the link the stored original (relative).
+        href = tile.get_attribute("href")
+        assert not href.startswith(("/", "http", "file")), href
+        line = manifest[href]
+        original = local_path(tile.evaluate("a => a.href"))
+        assert hashlib.sha256(original.read_bytes()).hexdigest() == line["sha256"]
+        assert img.get_attribute("src") == line["thumbs"]["small"]
+        assert img.evaluate("img => img.naturalWidth") == Image.open(result.store / line["thumbs"]["small"]).width
+        # Size and format on hover.
+        info = f"{line['width']}\u00d7{line['height']} {line['format']}"
+        assert tile.get_attribute("title").startswith(info)
+    page.mouse.wheel(0, -10_000)
+    tiles[0].hover()
+    assert tiles[0].locator("span").is_visible()
+    assert tiles[0].locator("span").inner_text().startswith(f"{manifest[tiles[0].get_attribute('href')]['width']}\u00d7")
+    # No server, no network: everything came from the store on disk.
+    assert requests and all(url.startswith("file://") for url in requests), requests
+    assert all(local_path(url).is_relative_to(result.store) for url in requests)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "contact-sheet.png"), full_page=True)
+    page.close()
+
+
+def test_contact_sheet_with_20000_images_stays_light(tmp_path, browser):
+    """20,000 images: one page of thumbnails in the DOM at a time, all reachable."""
+    store = tmp_path / "store"
+    (store / "thumbs").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (200, 80, 40)).save(store / "thumbs" / "t.jpg")
+    records = [
+        contact_sheet.record_for({
+            "url": f"https://example.com/img/{n}.jpg", "page_url": f"https://example.com/page/{n // 50}",
+            "status": "downloaded", "path": f"full/{n}.jpg", "thumbs": {"small": "thumbs/t.jpg"},
+            "width": 640, "height": 480, "format": "JPEG", "bytes": 12345, "alt": f"<b>photo</b> {n}",
+        })
+        for n in range(20_000)
+    ]
+    records.append(contact_sheet.record_for({"url": "https://example.com/x", "status": "failed", "reason": "http-404"}))
+    sheet = contact_sheet.write(records, store / "index.html", "big </script> crawl")
+    started = time.monotonic()
+    page = open_sheet(browser, sheet, [])
+    page.wait_for_function("document.querySelectorAll('main img').length > 0", timeout=20_000)
+    print(f"20,000-image sheet: {sheet.stat().st_size / 1e6:.1f} MB, shown in {time.monotonic() - started:.2f} s")
+    pages = -(-20_000 // contact_sheet.PAGE_SIZE)
+    assert page.inner_text("#count") == "20000 images"
+    assert page.inner_text("#where") == f"page 1 of {pages}"
+    assert page.locator("main img").count() == contact_sheet.PAGE_SIZE
+    assert page.title() == "big </script> crawl"  # the data cannot break out of its <script>
+    assert page.locator("main img").first.get_attribute("alt") == "<b>photo</b> 0"
+    page.click("#next")
+    assert page.inner_text("#where") == f"page 2 of {pages}"
+    assert page.locator("main a").first.get_attribute("href") == f"full/{contact_sheet.PAGE_SIZE}.jpg"
+    page.goto(f"{sheet.as_uri()}#page={pages}")
+    page.wait_for_function(f"document.getElementById('where').textContent === 'page {pages} of {pages}'")
+    last = 20_000 - (pages - 1) * contact_sheet.PAGE_SIZE
+    assert page.locator("main img").count() == last
+    assert page.locator("main a").last.get_attribute("href") == "full/19999.jpg"
+    assert page.locator("main h2").last.inner_text() == "https://example.com/page/399"
+    assert page.is_disabled("#next") and not page.is_disabled("#prev")
+    assert page.inner_text("#failures summary") == "1 failed"
+    page.close()
