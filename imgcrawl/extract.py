@@ -307,8 +307,8 @@ def _element_candidate(node: Selector, base: str) -> tuple[str | None, Selector]
     """The best full-size URL of one ``<img>``/``<picture>`` and the ``<img>`` naming it;
     None when the element is followed elsewhere (a detail-page thumbnail, a noscript twin)."""
     tag = node.xpath("name()").get().lower()
-    if tag == "img" and node.xpath("parent::picture"):
-        return None  # handled with its <picture>
+    if tag == "img" and node.xpath("ancestor::picture"):
+        return None  # handled with its <picture> (libxml2 may nest it inside a <source>)
     if tag == "img" and node.xpath("ancestor::noscript") and node.xpath(
         "ancestor::noscript[1]/preceding-sibling::*[1][self::img]"
     ):
@@ -388,7 +388,8 @@ def selected_links(sel: Selector, page_url: str, query: str, hosts: frozenset[st
     """Pages named by a selector: its elements' ``href`` (or the selected attribute/text)."""
     base = page_base(sel, page_url)
     raw = [
-        (node.attrib.get("href") or node.xpath(".//a/@href").get()) if node.attrib else node.get()
+        # An attribute or text node is the URL; an element gives its (or its link's) href.
+        node.get() if isinstance(node.root, str) else node.xpath("descendant-or-self::a/@href").get()
         for node in select(sel, query)
     ]
     return _unique_links(raw, base, hosts, page_url)
