@@ -56,7 +56,10 @@ def parse_count(name: str, value: Any, default: int | None) -> int | None:
 def parse_profile_args(site: str | None, profile: str | None, default: str | None) -> sites.SiteProfile | None:
     """The site profile named by ``-a site=NAME`` or ``-a profile=FILE``, else ``default``."""
     if site and profile:
-        raise BadArgument(f"give -a site=NAME or -a profile=FILE, not both (got site={site!r}, profile={profile!r})")
+        raise BadArgument(
+            f"give -a site=NAME or -a profile=FILE, not both (got site={site!r}, profile={profile!r}); "
+            "e.g. -a site=wordpress or -a profile=mysite.toml"
+        )
     if profile is not None:
         try:
             return sites.load_profile(profile)
@@ -68,7 +71,8 @@ def parse_profile_args(site: str | None, profile: str | None, default: str | Non
     try:
         return sites.find_profile(name.strip())
     except sites.ProfileError as exc:
-        raise BadArgument(f"bad -a site={name!r}: {exc}") from None
+        example = next(iter(sites.builtin_profiles()), "NAME")
+        raise BadArgument(f"bad -a site={name!r}: {exc}; e.g. -a site={example}") from None
 
 
 class GallerySpider(scrapy.Spider):
