@@ -19,7 +19,8 @@ from w3lib.url import safe_url_string
 # Attributes that may carry the real image of an <img>, best first. Lazy loaders keep the
 # real URL in data-* attributes and put a placeholder in src.
 IMG_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
-IMG_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src", "src")
+IMG_LAZY_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src")
+IMG_SRC_ATTRS = IMG_LAZY_SRC_ATTRS + ("src",)
 # Attributes that name the full-size file outright (WordPress, Jetpack, zoom and lightbox
 # plugins): they beat any srcset, which only lists display sizes.
 IMG_FULL_ATTRS = (
@@ -317,7 +318,7 @@ def _element_candidate(node: Selector, base: str) -> tuple[str | None, Selector]
     own = best_picture_url(node, base) if tag == "picture" else best_img_url(node, base)
     twin = _noscript_twin(node) if tag == "img" else None
     if twin is not None and not _first_real(
-        (node.attrib.get(a) for a in IMG_FULL_ATTRS + IMG_SRCSET_ATTRS + IMG_SRC_ATTRS[:-1]), base
+        (node.attrib.get(a) for a in IMG_FULL_ATTRS + IMG_SRCSET_ATTRS + IMG_LAZY_SRC_ATTRS), base
     ):
         own = best_img_url(twin, base) or own  # the lazy one only had a placeholder or LQIP
     full = _first_real((inner.attrib.get(attr) for attr in IMG_FULL_ATTRS), base)
@@ -339,7 +340,8 @@ def image_candidates(sel: Selector, page_url: str) -> list[ImageCandidate]:
         result = _element_candidate(node, base)
         if result:
             url, inner = result
-            found.add(url, inner.attrib.get("alt", ""), inner.attrib.get("title", ""))
+            # Lightboxes keep the caption on the link: the nearest title names the image.
+            found.add(url, inner.attrib.get("alt", ""), inner.xpath("ancestor-or-self::*[@title][1]/@title").get(""))
     for a in sel.css("a"):
         url = link_full_url(a, base)
         if url:

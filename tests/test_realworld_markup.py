@@ -41,6 +41,9 @@ def test_lightgallery_takes_data_src_never_the_240px_thumbnail():
 
 def test_justified_gallery_relative_links_to_the_large_files():
     urls = found("03")
+    html = (REALWORLD / "03_justified_gallery_figures_relative.html").read_text()
+    first = extract.image_candidates(Selector(text=html), PAGE)[0]
+    assert first.title == "What's your destination?"  # the caption is on the link
     assert len(urls) == 16
     assert all(u.startswith("https://site.example/photos/") and u.endswith("_b.jpg") for u in urls)
 

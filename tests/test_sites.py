@@ -3,7 +3,9 @@ and a real crawl driven by a user's profile file."""
 
 from __future__ import annotations
 
+import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +113,7 @@ CONCURRENT_REQUESTS_PER_DOMAIN = 3
     files = {"/g/": ("text/html", _tiles(1)), "/g/2": ("text/html", _tiles(2))}
     expected = {f"/media/{p}-{i}_full.jpg" for p in (1, 2) for i in range(1, 4)}
     for n, path in enumerate(sorted(expected)):
-        files[path] = ("image/jpeg", make_image(__import__("random").Random(n), "jpg", path))
+        files[path] = ("image/jpeg", make_image(random.Random(n), "jpg", path))
     site = LocalSite(files).start()
     try:
         result = run_crawl(tmp_path, "-a", f"url={site.url('/g/')}", "-a", f"profile={profile}",
@@ -138,3 +140,13 @@ def test_crawl_with_an_unknown_site_stops_with_one_line(tmp_path):
     assert len(errors) == 1 and "unknown site profile nope: known are wordpress" in errors[0], errors
     assert "Traceback" not in result.log
     assert "'finish_reason': 'bad_argument'" in result.log
+
+
+def test_readme_profile_example_is_a_valid_profile(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Add your site"):]
+    toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    profile = sites.load_profile(write(tmp_path, toml))
+    assert profile.items == "div.gallery figure" and profile.settings["DOWNLOAD_DELAY"] == 0.5
+    assert profile.image_url("https://cdn.photos.example/uploads/a_thumb.jpg?w=300") == (
+        "https://cdn.photos.example/uploads/a_full.jpg")
