@@ -46,7 +46,7 @@ IMAGE_EXTENSIONS = frozenset(
 
 _PLACEHOLDER_RE = re.compile(r"(?:^|[/_.-])(?:blank|placeholder|spacer|pixel|transparent|1x1)[._-]", re.I)
 # Whole file names lazy loaders use for their stand-in image.
-_PLACEHOLDER_STEMS = frozenset({"lazy", "loading", "loader", "empty", "grey", "gray", "dummy"})
+_PLACEHOLDER_STEMS = frozenset({"lazy", "loading", "loader", "empty", "grey", "gray"})
 _IMAGE_SET_RE = re.compile(r"(?:-webkit-)?image-set\(((?:[^()]|\([^()]*\))*)\)", re.I)
 _CSS_URL_RE = re.compile(r"url\(\s*(['\"]?)(.+?)\1\s*\)\s*(?:([\d.]+)x)?", re.I)
 _PAGE_PARAM_RE = re.compile(r"[?&](?:page|p|pg)=\d+", re.I)
