@@ -6,7 +6,9 @@ plain HTML strings.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -17,13 +19,36 @@ from w3lib.url import safe_url_string
 # Attributes that may carry the real image of an <img>, best first. Lazy loaders keep the
 # real URL in data-* attributes and put a placeholder in src.
 IMG_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
-IMG_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src", "src")
+IMG_LAZY_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src")
+IMG_SRC_ATTRS = IMG_LAZY_SRC_ATTRS + ("src",)
+# Attributes that name the full-size file outright (WordPress, Jetpack, zoom and lightbox
+# plugins): they beat any srcset, which only lists display sizes.
+IMG_FULL_ATTRS = (
+    "data-orig-file", "data-full-url", "data-full", "data-hi-res", "data-zoom-image",
+    "data-pswp-src", "data-large-file",
+)
+# On the <a> around a thumbnail, gallery libraries keep the full-size URL here
+# (PhotoSwipe 5, lightGallery/Fancybox); ``href`` counts when it names an image file or
+# the link is a lightbox one.
+LINK_FULL_ATTRS = ("data-pswp-src", "data-src", "data-full", "data-full-url")
+LIGHTBOX_LINK_ATTRS = ("data-fancybox", "data-lightbox", "data-pswp-width", "data-lg-size")
+# Lightbox links that open something other than an image.
+_NON_IMAGE_LIGHTBOX_TYPES = frozenset({"iframe", "video", "inline", "ajax", "html", "clone"})
+# <picture><source type> the pipeline can thumbnail with any Pillow build; AVIF/HEIC/JXL
+# decoding depends on how Pillow was built, and the <img> fallback is always one of these.
+THUMBNAIL_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+)
 
 IMAGE_EXTENSIONS = frozenset(
     "jpg jpeg jpe jfif png gif webp avif bmp tif tiff svg heic heif".split()
 )
 
 _PLACEHOLDER_RE = re.compile(r"(?:^|[/_.-])(?:blank|placeholder|spacer|pixel|transparent|1x1)[._-]", re.I)
+# Whole file names lazy loaders use for their stand-in image.
+_PLACEHOLDER_STEMS = frozenset({"lazy", "loading", "loader", "empty", "grey", "gray"})
+_IMAGE_SET_RE = re.compile(r"(?:-webkit-)?image-set\(((?:[^()]|\([^()]*\))*)\)", re.I)
+_CSS_URL_RE = re.compile(r"url\(\s*(['\"]?)(.+?)\1\s*\)\s*(?:([\d.]+)x)?", re.I)
 _PAGE_PARAM_RE = re.compile(r"[?&](?:page|p|pg)=\d+", re.I)
 _PAGE_PATH_RE = re.compile(r"/page/\d+/?$", re.I)
 _NEXT_TEXT = ("next", "next page", "older", "more", "›", "»", "→", ">", ">>")
@@ -124,8 +149,8 @@ def is_placeholder(url: str) -> bool:
     """Lazy-load placeholders: data URIs and blank/spacer/1x1 images."""
     if url.startswith("data:"):
         return True
-    path = urlsplit(url).path
-    return bool(_PLACEHOLDER_RE.search(path.rsplit("/", 1)[-1] + "."))
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    return bool(_PLACEHOLDER_RE.search(name + ".")) or name.split(".")[0].lower() in _PLACEHOLDER_STEMS
 
 
 def is_image_url(url: str) -> bool:
@@ -134,7 +159,7 @@ def is_image_url(url: str) -> bool:
     return "." in path and path.rsplit(".", 1)[1] in IMAGE_EXTENSIONS
 
 
-def _first_real(urls, base: str) -> str | None:
+def _first_real(urls: Iterable[str | None], base: str) -> str | None:
     for raw in urls:
         url = absolute_url(raw, base)
         if url and not is_placeholder(url):
@@ -143,61 +168,240 @@ def _first_real(urls, base: str) -> str | None:
 
 
 def best_img_url(img: Selector, base: str) -> str | None:
-    """The best URL for one ``<img>``: largest srcset candidate, then lazy-load
-    attributes, then ``src``; placeholders are skipped."""
+    """The best URL for one ``<img>``: a full-size attribute, then the largest srcset
+    candidate (``sizes`` only says how wide it is shown, so it does not change which is
+    largest), then lazy-load attributes, then ``src``; placeholders are skipped."""
+    full = _first_real((img.attrib.get(attr) for attr in IMG_FULL_ATTRS), base)
+    if full:
+        return full
+    # WordPress's data-link is the attachment page unless the gallery links to the file.
+    link = absolute_url(img.attrib.get("data-link"), base)
+    if link and is_image_url(link):
+        return link
     srcsets = (largest_in_srcset(img.attrib.get(attr)) for attr in IMG_SRCSET_ATTRS)
-    found = _first_real(srcsets, base)
-    if found:
-        return found
-    return _first_real((img.attrib.get(attr) for attr in IMG_SRC_ATTRS), base)
+    return _first_real(srcsets, base) or _first_real(
+        (img.attrib.get(attr) for attr in IMG_SRC_ATTRS), base
+    )
 
 
-def best_picture_url(picture: Selector, base: str) -> str | None:
-    """``<picture>``: the largest candidate over its ``<source>`` elements, else its ``<img>``."""
+def best_picture_url(picture: Selector, base: str, types: frozenset[str] = THUMBNAIL_TYPES) -> str | None:
+    """``<picture>``: the largest candidate over its ``<source>`` elements in a format in
+    ``types`` (untyped sources count) and its ``<img>``'s srcset, else its ``<img>``."""
+    sources = [s for s in picture.css("source") if s.attrib.get("type", "").lower() in types | {""}]
+    img = picture.css("img")
     best: tuple[float, float, str] | None = None
-    for source in picture.css("source"):
+    for node in sources + img[:1]:
         for attr in IMG_SRCSET_ATTRS:
-            for raw, width, density in parse_srcset(source.attrib.get(attr, "")):
+            for raw, width, density in parse_srcset(node.attrib.get(attr, "")):
                 url = absolute_url(raw, base)
                 if url and not is_placeholder(url) and (best is None or (width, density) > best[:2]):
                     best = (width, density, url)
     if best:
         return best[2]
-    img = picture.css("img")
     return best_img_url(img[0], base) if img else None
 
 
-def _link_target(img: Selector, base: str) -> str | None:
-    """The URL of the ``<a href>`` around an image, if any."""
-    href = img.xpath("ancestor::a[@href][1]/@href").get()
-    return absolute_url(href, base) if href else None
+def link_full_url(a: Selector, base: str) -> str | None:
+    """The full-size image an ``<a>`` opens: a gallery-library data attribute, or its
+    ``href`` when that is an image file or a lightbox link to an image."""
+    attrib = a.attrib
+    if attrib.get("data-type", "").lower() in _NON_IMAGE_LIGHTBOX_TYPES:
+        return None
+    found = _first_real((attrib.get(attr) for attr in LINK_FULL_ATTRS), base)
+    if found:
+        return found
+    href = absolute_url(attrib.get("href"), base)
+    if href and not is_placeholder(href):
+        if is_image_url(href) or any(attr in attrib for attr in LIGHTBOX_LINK_ATTRS):
+            return href
+    return None
+
+
+def _noscript_twin(img: Selector) -> Selector | None:
+    """The ``<img>`` in the ``<noscript>`` right after a lazy image: the same picture
+    with its real URL, for browsers without JavaScript."""
+    twin = img.xpath("following-sibling::*[1][self::noscript]//img")
+    return twin[0] if twin else None
+
+
+def css_image_urls(style: str) -> list[str]:
+    """``url(…)`` values in a style, taking the densest entry of each ``image-set()``."""
+    urls: list[str] = []
+
+    def densest(match: re.Match) -> str:
+        entries = [(float(x or 1), url) for _, url, x in _CSS_URL_RE.findall(match.group(1))]
+        if entries:
+            urls.append(max(entries, key=lambda e: e[0])[1])
+        return ""
+
+    rest = _IMAGE_SET_RE.sub(densest, style)
+    urls.extend(url for _, url, _ in _CSS_URL_RE.findall(rest))
+    return urls
+
+
+def background_urls(node: Selector) -> list[str]:
+    """Background images of an element: inline ``style`` and vanilla-lazyload's
+    ``data-bg`` / ``data-bg-hidpi`` / ``data-bg-set`` (``|`` separates layers)."""
+    attrib = node.attrib
+    urls = css_image_urls(attrib.get("style", ""))
+    for layer in filter(None, attrib.get("data-bg-set", "").split("|")):
+        urls.extend(css_image_urls(f"image-set({layer})"))
+    hidpi = attrib.get("data-bg-hidpi") or attrib.get("data-bg")
+    if hidpi:
+        urls.append(hidpi)
+    return urls
+
+
+def json_ld_images(sel: Selector) -> list[str]:
+    """Image URLs in JSON-LD: ``ImageObject`` ``contentUrl``/``url`` and ``image`` values."""
+    urls: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, list):
+            for child in node:
+                walk(child)
+        elif isinstance(node, dict):
+            types = node.get("@type", ())
+            is_image = "ImageObject" in ([types] if isinstance(types, str) else types)
+            for key in ("contentUrl", "url") if is_image else ("contentUrl",):
+                if isinstance(node.get(key), str):
+                    urls.append(node[key])
+                    break
+            image = node.get("image")
+            if isinstance(image, str):
+                urls.append(image)
+            for key, child in node.items():
+                if isinstance(child, (dict, list)):
+                    walk(child)
+
+    for script in sel.xpath('//script[@type="application/ld+json"]/text()').getall():
+        try:
+            walk(json.loads(script))
+        except ValueError:
+            continue  # broken JSON-LD is the site's problem; the rest of the page still counts
+    return urls
+
+
+def meta_images(sel: Selector) -> list[str]:
+    """``og:image`` (and its ``:secure_url``/``:url``) and ``twitter:image``."""
+    return sel.xpath(
+        '//meta[@property="og:image" or @property="og:image:secure_url" or @property="og:image:url"'
+        ' or @name="twitter:image" or @property="twitter:image" or @name="twitter:image:src"]/@content'
+    ).getall()
+
+
+class _Found:
+    """Image candidates in first-seen order, each URL once."""
+
+    def __init__(self) -> None:
+        self.by_url: dict[str, ImageCandidate] = {}
+
+    def add(self, url: str | None, alt: str = "", title: str = "") -> None:
+        if url and not is_placeholder(url) and url not in self.by_url:
+            self.by_url[url] = ImageCandidate(url, alt.strip(), title.strip())
+
+    def values(self) -> list[ImageCandidate]:
+        return list(self.by_url.values())
+
+
+def _element_candidate(node: Selector, base: str) -> tuple[str | None, Selector] | None:
+    """The best full-size URL of one ``<img>``/``<picture>`` and the ``<img>`` naming it;
+    None when the element is followed elsewhere (a detail-page thumbnail, a noscript twin)."""
+    tag = node.xpath("name()").get().lower()
+    if tag == "img" and node.xpath("ancestor::picture"):
+        return None  # handled with its <picture> (libxml2 may nest it inside a <source>)
+    if tag == "img" and node.xpath("ancestor::noscript") and node.xpath(
+        "ancestor::noscript[1]/preceding-sibling::*[1][self::img]"
+    ):
+        return None  # handled with the lazy image it stands in for
+    inner = node if tag == "img" else (node.css("img") or [node])[0]
+    own = best_picture_url(node, base) if tag == "picture" else best_img_url(node, base)
+    twin = _noscript_twin(node) if tag == "img" else None
+    if twin is not None and not _first_real(
+        (node.attrib.get(a) for a in IMG_FULL_ATTRS + IMG_SRCSET_ATTRS + IMG_LAZY_SRC_ATTRS), base
+    ):
+        own = best_img_url(twin, base) or own  # the lazy one only had a placeholder or LQIP
+    full = _first_real((inner.attrib.get(attr) for attr in IMG_FULL_ATTRS), base)
+    links = inner.xpath("ancestor::a[1]")
+    if not full and links:
+        full = link_full_url(links[0], base)
+        if not full and absolute_url(links[0].attrib.get("href"), base):
+            return None  # a thumbnail of a detail page: the page is followed for its image
+    return full or own, inner
 
 
 def image_candidates(sel: Selector, page_url: str) -> list[ImageCandidate]:
-    """Every image on the page, in document order, each URL once."""
+    """Every image on the page, each as its best full-size URL, each URL once: images and
+    pictures in document order (a thumbnail stands for the file its link opens), then
+    lightbox links without a thumbnail, inline backgrounds, JSON-LD and meta images."""
     base = page_base(sel, page_url)
-    found: dict[str, ImageCandidate] = {}
+    found = _Found()
+    for node in sel.xpath("//img | //picture"):
+        result = _element_candidate(node, base)
+        if result:
+            url, inner = result
+            # Lightboxes keep the caption on the link: the nearest title names the image.
+            found.add(url, inner.attrib.get("alt", ""), inner.xpath("ancestor-or-self::*[@title][1]/@title").get(""))
+    for a in sel.css("a"):
+        url = link_full_url(a, base)
+        if url:
+            found.add(url, " ".join(a.css("::text").getall()), a.attrib.get("title", ""))
+    for node in sel.xpath("//*[@style or @data-bg or @data-bg-set or @data-bg-hidpi]"):
+        for raw in background_urls(node):
+            found.add(absolute_url(raw, base), title=node.attrib.get("title", ""))
+    for raw in json_ld_images(sel) + meta_images(sel):
+        found.add(absolute_url(raw, base))
+    return found.values()
 
-    def add(url: str | None, alt: str = "", title: str = "") -> None:
-        if url and url not in found:
-            found[url] = ImageCandidate(url, alt.strip(), title.strip())
 
-    for img in sel.xpath("//img | //picture"):
-        tag = img.xpath("name()").get().lower()
-        if tag == "img" and img.xpath("ancestor::picture"):
-            continue  # handled with its <picture>
-        url = best_picture_url(img, base) if tag == "picture" else best_img_url(img, base)
-        inner = img if tag == "img" else (img.css("img") or [img])[0]
-        link = _link_target(inner, base)
-        if link and not is_image_url(link):
-            continue  # a thumbnail of a detail page: the page is followed for its image
-        # A thumbnail linking to an image file stands for that (full-size) file.
-        add(link or url, inner.attrib.get("alt", ""), inner.attrib.get("title", ""))
-    for a in sel.css("a[href]"):
-        url = absolute_url(a.attrib["href"], base)
-        if url and is_image_url(url):
-            add(url, " ".join(a.css("::text").getall()), a.attrib.get("title", ""))
-    return list(found.values())
+def item_candidates(
+    sel: Selector, page_url: str, items: str, attrs: Sequence[str] = ()
+) -> list[ImageCandidate]:
+    """One image per gallery item matched by ``items`` (CSS, or XPath if it starts with
+    ``/`` or ``(``): the first real URL among ``attrs`` looked up on the item and its
+    descendants in that order (a ``*srcset`` attribute gives its largest candidate), or,
+    without ``attrs``, the first image the generic rules find inside the item."""
+    base = page_base(sel, page_url)
+    found = _Found()
+    for item in select(sel, items):
+        alt = item.xpath("descendant-or-self::img[1]/@alt").get("")
+        title = item.xpath("descendant-or-self::*[@title][1]/@title").get("")
+        if attrs:
+            found.add(_first_real(_attr_values(item, attrs), base), alt, title)
+            continue
+        inner = image_candidates(Selector(text=item.get()), base)
+        if inner:
+            found.add(inner[0].url, inner[0].alt or alt, inner[0].title or title)
+    return found.values()
+
+
+def _attr_values(item: Selector, attrs: Sequence[str]) -> Iterable[str | None]:
+    for attr in attrs:
+        for value in item.xpath(f"descendant-or-self::*/@{attr}").getall():
+            yield largest_in_srcset(value) if attr.endswith("srcset") else value
+
+
+def select(sel: Selector, query: str) -> list[Selector]:
+    """CSS, or XPath when the query starts with ``/`` or ``(``."""
+    return sel.xpath(query) if query.lstrip().startswith(("/", "(")) else sel.css(query)
+
+
+def selected_links(sel: Selector, page_url: str, query: str, hosts: frozenset[str] | None = None) -> list[str]:
+    """Pages named by a selector: its elements' ``href`` (or the selected attribute/text)."""
+    base = page_base(sel, page_url)
+    raw = [
+        # An attribute or text node is the URL; an element gives its (or its link's) href.
+        node.get() if isinstance(node.root, str) else node.xpath("descendant-or-self::a/@href").get()
+        for node in select(sel, query)
+    ]
+    return _unique_links(raw, base, hosts, page_url)
+
+
+def rewrite_url(url: str, rules: Sequence[tuple[re.Pattern, str]]) -> str:
+    """Apply ``(pattern, replacement)`` rules in order, e.g. ``_thumb`` → ``_full``."""
+    for pattern, replacement in rules:
+        url = pattern.sub(replacement, url)
+    return url
 
 
 def _same_site(url: str, hosts: frozenset[str] | None) -> bool:

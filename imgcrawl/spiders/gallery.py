@@ -1,7 +1,9 @@
 """The generic gallery spider: ``scrapy crawl gallery -a url=https://site/gallery``.
 
 Per-site spiders subclass :class:`GallerySpider` and override one hook
-(``image_candidates``, ``next_pages``, ``detail_pages``) or set ``start_urls``.
+(``image_candidates``, ``next_pages``, ``detail_pages``, ``rewrite``), or name a site
+profile (``site_profile = "wordpress"``, see :mod:`imgcrawl.sites`); ``-a site=NAME`` and
+``-a profile=FILE.toml`` do the same from the command line.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from urllib.parse import urlsplit
 import scrapy
 from scrapy.http import Response, TextResponse
 
-from imgcrawl import extract
+from imgcrawl import extract, sites
 from imgcrawl.items import GalleryItem
 
 logger = logging.getLogger(__name__)
@@ -62,12 +64,39 @@ def check_known(given: Iterable[str], known: list[str]) -> None:
             raise BadArgument(f"unknown -a {name}=...: {hint}known arguments: {', '.join(known)}")
 
 
+def parse_profile_args(site: str | None, profile: str | None, default: str | None) -> sites.SiteProfile | None:
+    """The site profile named by ``-a site=NAME`` or ``-a profile=FILE``, else ``default``."""
+    if site and profile:
+        raise BadArgument(
+            f"give -a site=NAME or -a profile=FILE, not both (got site={site!r}, profile={profile!r}); "
+            "e.g. -a site=wordpress or -a profile=mysite.toml"
+        )
+    if profile is not None:
+        try:
+            return sites.load_profile(profile)
+        except sites.ProfileError as exc:
+            raise BadArgument(f"bad -a profile={profile!r}: {exc}; e.g. -a profile=mysite.toml") from None
+    name = site if site is not None else default
+    if name is None:
+        return None
+    try:
+        return sites.find_profile(name.strip())
+    except sites.ProfileError as exc:
+        example = next(iter(sites.builtin_profiles()), "NAME")
+        raise BadArgument(f"bad -a site={name!r}: {exc}; e.g. -a site={example}") from None
+
+
 class GallerySpider(scrapy.Spider):
+    """Any gallery: every image on the pages reachable from ``-a url=`` through pagination
+    and detail pages, each as its best full-size URL (see :mod:`imgcrawl.extract`)."""
+
     name = "gallery"
     example_url = "https://example.com/gallery"
     # -a names a subclass reads from ``self`` without naming them in its ``__init__``
     # (Scrapy sets every -a as an attribute); named ``__init__`` parameters are known anyway.
     extra_arguments: tuple[str, ...] = ()
+    # A built-in profile (imgcrawl/sites/NAME.toml) this spider uses unless -a site/profile says otherwise.
+    site_profile: str | None = None
 
     @classmethod
     def known_arguments(cls) -> list[str]:
@@ -85,6 +114,8 @@ class GallerySpider(scrapy.Spider):
         url: str | None = None,
         max_pages: str | int | None = None,
         max_images: str | int | None = None,
+        site: str | None = None,
+        profile: str | None = None,
         *args: Any,
         **kwargs: Any,
     ):
@@ -95,8 +126,12 @@ class GallerySpider(scrapy.Spider):
         self.pages_scheduled = 0
         self.images_queued = 0
         self._seen_pages: set[str] = set()
+        self.profile: sites.SiteProfile | None = None
         try:
             check_known(kwargs, self.known_arguments())
+            self.profile = parse_profile_args(site, profile, self.site_profile)
+            if self.profile and self.profile.start_urls and not getattr(self, "start_urls", None):
+                self.start_urls = list(self.profile.start_urls)
             cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
             if url is not None or not getattr(self, "start_urls", None):
                 self.start_urls = parse_urls(url, cmd_example)
@@ -106,9 +141,23 @@ class GallerySpider(scrapy.Spider):
             self.argument_error = str(exc)
             self.start_urls = []
             return
-        # Stay inside the start URLs' sites (images on CDNs are allowed by the pipeline).
-        self.allowed_hosts = frozenset(urlsplit(u).hostname for u in self.start_urls)
+        # Stay inside the start URLs' sites and the site's own domains (images on CDNs are
+        # allowed by the pipeline).
+        self.allowed_hosts = frozenset(
+            [urlsplit(u).hostname for u in self.start_urls]
+            + list(self.profile.domains if self.profile else ())
+            + list(getattr(type(self), "allowed_domains", ()))
+        )
         self.allowed_domains = sorted(self.allowed_hosts)
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> "GallerySpider":
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        if spider.profile and spider.profile.settings:
+            # Settings freeze only after the spider is built, so the profile's per-site
+            # settings still apply; -s on the command line (higher priority) wins.
+            crawler.settings.setdict(spider.profile.settings, priority="spider")
+        return spider
 
     async def start(self) -> AsyncIterator[Any]:
         if self.argument_error:
@@ -123,13 +172,25 @@ class GallerySpider(scrapy.Spider):
     # -- hooks a per-site spider may override ---------------------------------------
 
     def image_candidates(self, response: TextResponse) -> Iterable[extract.ImageCandidate]:
+        if self.profile and self.profile.items:
+            return extract.item_candidates(
+                response.selector, response.url, self.profile.items, self.profile.image_attrs
+            )
         return extract.image_candidates(response.selector, response.url)
 
     def next_pages(self, response: TextResponse) -> Iterable[str]:
+        if self.profile and self.profile.next_page:
+            return extract.selected_links(response.selector, response.url, self.profile.next_page, self.allowed_hosts)
         return extract.pagination_links(response.selector, response.url, self.allowed_hosts)
 
     def detail_pages(self, response: TextResponse) -> Iterable[str]:
+        if self.profile and self.profile.detail_page:
+            return extract.selected_links(response.selector, response.url, self.profile.detail_page, self.allowed_hosts)
         return extract.detail_links(response.selector, response.url, self.allowed_hosts)
+
+    def rewrite(self, url: str) -> str | None:
+        """The URL to fetch for an image found as ``url``; None skips it."""
+        return self.profile.image_url(url) if self.profile else url
 
     # -- the crawl -------------------------------------------------------------------
 
@@ -149,12 +210,17 @@ class GallerySpider(scrapy.Spider):
     def parse(self, response: Response, **kwargs: Any) -> Iterable[Any]:
         if not isinstance(response, TextResponse):
             return
+        seen: set[str] = set()
         for candidate in self.image_candidates(response):
             if self.enough_images():
                 break
+            url = self.rewrite(candidate.url)
+            if not url or url in seen:
+                continue  # excluded by the site's rules, or rewritten to one already queued
+            seen.add(url)
             self.images_queued += 1
             yield GalleryItem(
-                image_urls=[candidate.url],
+                image_urls=[url],
                 page_url=response.url,
                 alt=candidate.alt,
                 title=candidate.title,
