@@ -232,3 +232,12 @@ def process_image(
         atomic_write(thumbs[name][1], blob)
         facts.thumbs[name] = list(made[name].size)
     return facts.as_dict()
+
+
+def rethumb(
+    original_path: str,
+    thumbs: dict[str, tuple[tuple[int, int], str]],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> dict:
+    """New thumbnails from an already stored original (after ``IMAGES_THUMBS`` changed)."""
+    return process_image(Path(original_path).read_bytes(), None, thumbs, max_pixels)

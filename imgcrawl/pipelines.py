@@ -42,7 +42,7 @@ from scrapy.exceptions import (
 from scrapy.http.request import NO_CALLBACK
 from scrapy.pipelines.files import FSFilesStore
 from scrapy.pipelines.images import ImagesPipeline
-from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import referer_str
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore
@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 
 from imgcrawl import imaging
 from imgcrawl.index import SQLiteIndex
+from imgcrawl.middlewares import BlockedRequest
 
 # Scrapy logs any other media exception again at ERROR with a traceback; a failure we have
 # already explained in one WARNING line is passed as a "filtered" one, which it keeps quiet.
@@ -96,7 +97,7 @@ def parse_thumbs(value: Any) -> dict[str, tuple[int, int]]:
 
 def failure_reason(exc: BaseException) -> str:
     """A short, stable slug for why a download failed (used in stats and logs)."""
-    if isinstance(exc, (ImageFailed, imaging.ImageError)):
+    if isinstance(exc, (ImageFailed, imaging.ImageError, BlockedRequest)):
         return exc.reason
     if isinstance(exc, IgnoreRequest):
         return "robots" if "robots" in str(exc).lower() else "filtered"
@@ -189,6 +190,12 @@ class GalleryImagesPipeline(ImagesPipeline):
         self.index = SQLiteIndex(index_path)
         self.index_thread = ThreadPoolExecutor(1, thread_name_prefix="imgcrawl-index")
         self.thumbs_signature = json.dumps(sorted(self.thumbs.items()))
+        self.max_images = settings.getint("IMGCRAWL_MAX_IMAGES", 0)
+        self.max_bytes = settings.getint("IMGCRAWL_MAX_BYTES", 0)
+        # Images and bytes stored or being stored: the quotas are never overshot by the
+        # images still in flight when one is reached.
+        self.reserved_images = self.reserved_bytes = 0
+        self.quota_reason: str | None = None
 
     def open_spider(self, spider=None) -> None:
         super().open_spider()
@@ -231,19 +238,39 @@ class GalleryImagesPipeline(ImagesPipeline):
 
     async def media_to_download(self, request, info, *, item=None):
         """Already stored, fresh and complete? Then no download: one lookup, a few stats."""
+        if self.quota_reason:
+            raise ImageFailed("quota", self.quota_reason)
         found = await maybe_deferred_to_future(_run_in(self.index_thread, self.index.get, request.url))
         if not found:
             return None
         record, stored_at = found
         if time.time() - stored_at > self.expires * 86400:
             return None
-        if record.get("thumbs_signature") != self.thumbs_signature:
+        if not (self.local_root / record["path"]).exists():
             return None
-        paths = [record["path"], *record.get("thumbs", {}).values()]
-        if not all((self.local_root / p).exists() for p in paths):
+        if record.get("thumbs_signature") != self.thumbs_signature:
+            # IMAGES_THUMBS changed: new thumbnails from the stored original, no download.
+            record = await self._rethumb(request, record)
+        elif not all((self.local_root / p).exists() for p in record.get("thumbs", {}).values()):
             return None
         self.inc_stats("uptodate")
         return {**record, "status": "uptodate"}
+
+    async def _rethumb(self, request, record: dict) -> dict:
+        thumb_paths = {name: self.thumb_path(request, name) for name in self.thumbs}
+        jobs = {n: (self.thumbs[n], str(store_path(self.local_root, p))) for n, p in thumb_paths.items()}
+        original = str(store_path(self.local_root, record["path"]))
+        try:
+            facts = await maybe_deferred_to_future(
+                _run_in(self.workers, imaging.rethumb, original, jobs, self.max_pixels)
+            )
+        except imaging.ImageError as exc:
+            raise ImageFailed(exc.reason, exc.detail) from None
+        self.crawler.stats.inc_value("imgcrawl/rethumbed")
+        record = {**record, "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]},
+                  "thumbs_signature": self.thumbs_signature}
+        await maybe_deferred_to_future(_run_in(self.index_thread, self.index.put, request.url, record))
+        return record
 
     async def media_downloaded(self, response, request, info, *, item=None):
         if response.status != 200:
@@ -255,12 +282,20 @@ class GalleryImagesPipeline(ImagesPipeline):
             name: self.thumb_path(request, name, response=response, info=info, item=item)
             for name in self.thumbs
         }
-        facts = await self._process(response.body, path, thumb_paths)
+        self._reserve(len(response.body))
+        try:
+            facts = await self._process(response.body, path, thumb_paths)
+        except BaseException:
+            self.reserved_images -= 1
+            self.reserved_bytes -= len(response.body)
+            raise
         status = "cached" if "cached" in response.flags else "downloaded"
         self.inc_stats(status)
         stats = self.crawler.stats
         stats.inc_value("imgcrawl/stored")
         stats.inc_value("imgcrawl/stored_bytes", facts["bytes"])
+        if self.max_images and stats.get_value("imgcrawl/stored") >= self.max_images:
+            self._quota_reached(f"IMGCRAWL_MAX_IMAGES={self.max_images} images stored", "imgcrawl_max_images")
         record = {
             "url": request.url,
             "path": path,
@@ -273,8 +308,41 @@ class GalleryImagesPipeline(ImagesPipeline):
             "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]},
             "thumbs_signature": self.thumbs_signature,
         }
-        await maybe_deferred_to_future(_run_in(self.index_thread, self.index.put, request.url, record))
+        record = await maybe_deferred_to_future(_run_in(self.index_thread, self._record_once, record))
         return {**record, "status": status}
+
+    def _record_once(self, record: dict) -> dict:
+        """On the index thread: bytes already stored under another URL are kept once; this
+        URL's record points at that copy and the files just written for it are removed."""
+        holder = self.index.holder(record["sha256"])
+        if holder and holder["url"] != record["url"] and holder.get("thumbs_signature") == self.thumbs_signature:
+            kept = [holder["path"], *holder["thumbs"].values()]
+            if all((self.local_root / p).exists() for p in kept):
+                for p in {record["path"], *record["thumbs"].values()} - set(kept):
+                    (self.local_root / p).unlink(missing_ok=True)
+                self.crawler.stats.inc_value("imgcrawl/duplicate_content")
+                record = {**record, "path": holder["path"], "thumbs": holder["thumbs"]}
+        self.index.put(record["url"], record)
+        return record
+
+    def _reserve(self, size: int) -> None:
+        """Count an image against the quotas before storing it, or refuse it."""
+        if self.quota_reason:
+            raise ImageFailed("quota", self.quota_reason)
+        if self.max_bytes and self.reserved_bytes + size > self.max_bytes:
+            self._quota_reached(f"IMGCRAWL_MAX_BYTES={self.max_bytes} bytes stored", "imgcrawl_max_bytes")
+            raise ImageFailed("quota", self.quota_reason)
+        if self.max_images and self.reserved_images >= self.max_images:
+            raise ImageFailed("quota", f"IMGCRAWL_MAX_IMAGES={self.max_images} being stored")
+        self.reserved_images += 1
+        self.reserved_bytes += size
+
+    def _quota_reached(self, what: str, close_reason: str) -> None:
+        if self.quota_reason:
+            return
+        self.quota_reason = what
+        logger.warning("Quota reached (%s): no more images; closing the crawl", what)
+        deferred_from_coro(self.crawler.engine.close_spider_async(reason=close_reason))
 
     async def _process(self, body: bytes, path: str, thumb_paths: dict[str, str]) -> dict:
         original = str(store_path(self.local_root, path))
@@ -293,11 +361,14 @@ class GalleryImagesPipeline(ImagesPipeline):
         exc = failure.value
         reason = failure_reason(exc)
         detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
+        if reason == "quota":
+            # Said once when the quota was reached; the images cut off are only counted.
+            raise ImageFailed(reason, detail) from None
         logger.warning(
             "Image failed (%s): %s referred in <%s>: %s",
             reason, request.url, referer_str(request), detail.splitlines()[0][:300],
         )
-        self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
         raise ImageFailed(reason, detail) from None
 
     def item_completed(self, results, item, info):

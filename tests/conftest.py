@@ -108,7 +108,8 @@ def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path |
     """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings."""
     store = store or tmp_path / "store"
     cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
-    for name, value in (settings or {}).items():
+    # The local test sites are on 127.0.0.1: lift the SSRF guard unless a test sets it.
+    for name, value in {"IMGCRAWL_ALLOW_PRIVATE": True, **(settings or {})}.items():
         cmd += ["-s", f"{name}={value}"]
     cmd += list(args)
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO)}
