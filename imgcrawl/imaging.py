@@ -203,16 +203,17 @@ def process_image(
         return facts.as_dict()
     image = open_image(data, max_pixels)
     fmt = image.format or fmt or "unknown"
-    width, height = displayed_size(image)
-    facts = ImageFacts(
-        format=fmt,
-        width=width,
-        height=height,
-        bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        frames=getattr(image, "n_frames", 1),
-    )
     try:
+        # Reading EXIF or counting frames may already hit a truncated stream.
+        width, height = displayed_size(image)
+        facts = ImageFacts(
+            format=fmt,
+            width=width,
+            height=height,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            frames=getattr(image, "n_frames", 1),
+        )
         if thumbs:
             made = make_thumbnails(image, {name: size for name, (size, _) in thumbs.items()})
         else:

@@ -48,7 +48,7 @@ class PrivateAddressGuard:
 
     def __init__(self, crawler):
         if crawler.settings.getbool("IMGCRAWL_ALLOW_PRIVATE"):
-            raise NotConfigured("IMGCRAWL_ALLOW_PRIVATE is set")
+            raise NotConfigured  # no message: Scrapy would log it as a WARNING
         self.crawler = crawler
 
     @classmethod

@@ -95,12 +95,24 @@ def parse_thumbs(value: Any) -> dict[str, tuple[int, int]]:
     return thumbs
 
 
+class _OncePerImage(logging.Filter):
+    """Drops Scrapy's own warnings for an oversized or cut-off body: media_failed reports
+    the same image with its reason (pages still get Scrapy's "Error downloading" line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return "download max size" not in message and not message.startswith("Got data loss")
+
+
 def failure_reason(exc: BaseException) -> str:
     """A short, stable slug for why a download failed (used in stats and logs)."""
     if isinstance(exc, (ImageFailed, imaging.ImageError, BlockedRequest)):
         return exc.reason
     if isinstance(exc, IgnoreRequest):
-        return "robots" if "robots" in str(exc).lower() else "filtered"
+        message = str(exc).lower()
+        if "robots" in message:
+            return "robots"
+        return "too-many-redirects" if "redirections" in message else "filtered"
     for cls, reason in (
         (DownloadTimeoutError, "timeout"),
         (DownloadCancelledError, "too-large"),
@@ -196,6 +208,9 @@ class GalleryImagesPipeline(ImagesPipeline):
         # images still in flight when one is reached.
         self.reserved_images = self.reserved_bytes = 0
         self.quota_reason: str | None = None
+        http11 = logging.getLogger("scrapy.core.downloader.handlers.http11")
+        if not any(isinstance(f, _OncePerImage) for f in http11.filters):
+            http11.addFilter(_OncePerImage())
 
     def open_spider(self, spider=None) -> None:
         super().open_spider()
