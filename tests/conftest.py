@@ -103,15 +103,22 @@ class CrawlResult:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
-              settings: dict | None = None, timeout: float = CRAWL_TIMEOUT) -> CrawlResult:
-    """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings."""
-    store = store or tmp_path / "store"
+def crawl_command(store: Path, *args: str, spider: str = "gallery",
+                  settings: dict | None = None) -> tuple[list[str], dict]:
+    """The ``scrapy crawl`` command line and environment that :func:`run_crawl` runs."""
     cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
     # The local test sites are on 127.0.0.1: lift the SSRF guard unless a test sets it.
     for name, value in {"IMGCRAWL_ALLOW_PRIVATE": True, **(settings or {})}.items():
         cmd += ["-s", f"{name}={value}"]
     cmd += list(args)
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO)}
+    return cmd, env
+
+
+def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
+              settings: dict | None = None, timeout: float = CRAWL_TIMEOUT) -> CrawlResult:
+    """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings."""
+    store = store or tmp_path / "store"
+    cmd, env = crawl_command(store, *args, spider=spider, settings=settings)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     return CrawlResult(proc.returncode, proc.stdout + proc.stderr, store)
