@@ -55,6 +55,10 @@ class PrivateAddressGuard:
     def from_crawler(cls, crawler):
         return cls(crawler)
 
+    def allowed(self, address: str) -> bool:
+        """The policy; a subclass may allow, say, one internal mirror."""
+        return is_public(address)
+
     async def resolve(self, host: str) -> str:
         """The address the downloader will connect to (through Scrapy's DNS cache)."""
         from twisted.internet import reactor  # noqa: PLC0415 - the installed reactor
@@ -67,7 +71,7 @@ class PrivateAddressGuard:
             address = host if _is_ip(host) else await self.resolve(host)
         except Exception:  # noqa: BLE001 - unresolvable: let the downloader report "dns"
             return None
-        if is_public(address):
+        if self.allowed(address):
             return None
         exc = BlockedRequest("private-address", f"{host} is {address}, not a public address "
                              "(set IMGCRAWL_ALLOW_PRIVATE=True to allow)")

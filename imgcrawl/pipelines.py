@@ -126,10 +126,16 @@ def failure_reason(exc: BaseException) -> str:
     return type(exc).__name__.lower()
 
 
+# Longest file name most filesystems take (ext4, APFS, NTFS): longer fails on write.
+NAME_MAX = 255
+
+
 def store_path(root: Path, relative: str) -> Path:
     """``root/relative``, refusing anything that would land outside ``root``."""
     if "\x00" in relative:
         raise ImageFailed("bad-path", f"NUL in path {relative!r}")
+    if any(len(part.encode()) > NAME_MAX for part in PurePosixPath(relative).parts):
+        raise ImageFailed("bad-path", f"a name in {relative[:80]!r}... is over {NAME_MAX} bytes")
     target = (root / relative).resolve()
     if not target.is_relative_to(root.resolve()):
         raise ImageFailed("bad-path", f"{relative!r} is outside the image store")
