@@ -329,8 +329,10 @@ class GalleryImagesPipeline(ImagesPipeline):
             "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]},
             "thumbs_signature": self.thumbs_signature,
         }
-        record = await maybe_deferred_to_future(_run_in(self.index_thread, self._record_once, record))
-        return {**record, "status": status}
+        kept = await maybe_deferred_to_future(_run_in(self.index_thread, self._record_once, record))
+        if kept["path"] != record["path"]:
+            stats.inc_value("imgcrawl/duplicate_content")
+        return {**kept, "status": status}
 
     def _record_once(self, record: dict) -> dict:
         """On the index thread: bytes already stored under another URL are kept once; this
@@ -341,7 +343,6 @@ class GalleryImagesPipeline(ImagesPipeline):
             if all((self.local_root / p).exists() for p in kept):
                 for p in {record["path"], *record["thumbs"].values()} - set(kept):
                     (self.local_root / p).unlink(missing_ok=True)
-                self.crawler.stats.inc_value("imgcrawl/duplicate_content")
                 record = {**record, "path": holder["path"], "thumbs": holder["thumbs"]}
         self.index.put(record["url"], record)
         return record

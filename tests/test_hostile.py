@@ -304,5 +304,6 @@ def test_retries_are_bounded_and_honour_retry_after(crawl):
     assert site.hits["/img/unavailable.jpg"] == 1  # asked for an hour: not retried
     assert site.hits["/img/error.jpg"] == 2  # RETRY_TIMES=1
     assert site.hits["/img/stall.jpg"] == 2
+    assert site.hits["/img/reset.jpg"] == site.hits["/img/lie-long.jpg"] == 2
     assert site.hits["/img/loop.jpg"] + site.hits["/img/loop2.jpg"] == 6  # REDIRECT_MAX_TIMES=5
     assert site.hits["/private/secret.jpg"] == 0  # robots.txt obeyed
