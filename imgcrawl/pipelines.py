@@ -142,6 +142,43 @@ def store_path(root: Path, relative: str) -> Path:
     return target
 
 
+def repair_jsonl(path: Path) -> bool:
+    """Cut a half-written last line (a crawl killed mid-write), so that the lines a resumed
+    crawl appends stay one JSON object each. True if something was cut."""
+    if not path.is_file():
+        return False
+    with path.open("r+b") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        f.seek(max(0, end - 1))
+        if end == 0 or f.read(1) == b"\n":
+            return False
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            f.seek(pos)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(pos + newline + 1)
+                return True
+        f.truncate(0)
+        return True
+
+
+def local_jsonl_feeds(settings) -> list[Path]:
+    """The local JSON-lines feeds (the manifest) whose paths are known before the crawl."""
+    paths = []
+    for uri, options in settings.getdict("FEEDS").items():
+        if (options or {}).get("format") not in ("jsonlines", "jl"):
+            continue
+        try:
+            uri = str(uri) % {"images_store": settings.get("IMAGES_STORE")}
+        except (KeyError, ValueError, TypeError):
+            continue  # depends on %(time)s etc.: a new file each crawl
+        if "://" not in uri or uri.startswith("file://"):
+            paths.append(Path(uri.removeprefix("file://")))
+    return paths
+
+
 # The per-image fields copied onto the item, so the manifest has one flat line per image.
 RESULT_FIELDS = ("url", "status", "reason", "path", "sha256", "format", "width", "height", "bytes", "thumbs")
 
@@ -214,6 +251,9 @@ class GalleryImagesPipeline(ImagesPipeline):
         # images still in flight when one is reached.
         self.reserved_images = self.reserved_bytes = 0
         self.quota_reason: str | None = None
+        for feed in local_jsonl_feeds(settings):
+            if repair_jsonl(feed):
+                logger.warning("Cut a half-written last line from %s (an earlier crawl was killed)", feed)
         http11 = logging.getLogger("scrapy.core.downloader.handlers.http11")
         if not any(isinstance(f, _OncePerImage) for f in http11.filters):
             http11.addFilter(_OncePerImage())

@@ -194,3 +194,16 @@ def test_same_bytes_under_two_urls_are_stored_once(tmp_path):
     assert [p.read_bytes() for p in (result.store / "full").iterdir()] == [body]
     assert len(list((result.store / "thumbs" / "small").iterdir())) == 1
     assert "'imgcrawl/duplicate_content': 1" in result.log
+
+
+def test_a_half_written_manifest_line_is_cut_before_appending(site, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    whole = json.dumps({"url": "http://example.invalid/a.jpg", "status": "downloaded"})
+    (store / "manifest.jsonl").write_text(whole + "\n" + whole[:25])  # as kill -9 leaves it
+    result = run_crawl(tmp_path, "-a", f"url={site.url('/gallery/?page=1')}", settings=SLOW)
+    assert result.returncode == 0, result.log[-3000:]
+    lines = result.manifest()  # every line parses
+    assert lines[0]["url"] == "http://example.invalid/a.jpg"
+    assert len(lines) == 1 + len(site.images)
+    assert "Cut a half-written last line" in result.log
