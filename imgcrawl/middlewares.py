@@ -9,20 +9,15 @@ each redirect hop alike, is refused unless its host resolves to a public address
 from __future__ import annotations
 
 import ipaddress
-import logging
 import time
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.defer import maybe_deferred_to_future
-from scrapy.utils.request import referer_str
 from scrapy.utils.response import response_status_message
 from twisted.internet import task
-
-logger = logging.getLogger(__name__)
 
 
 class BlockedRequest(IgnoreRequest):
@@ -73,14 +68,9 @@ class PrivateAddressGuard:
             return None
         if self.allowed(address):
             return None
-        exc = BlockedRequest("private-address", f"{host} is {address}, not a public address "
+        # Reported (once) by whoever made the request: the pipeline or the spider's errback.
+        raise BlockedRequest("private-address", f"{host} is {address}, not a public address "
                              "(set IMGCRAWL_ALLOW_PRIVATE=True to allow)")
-        if request.callback is not NO_CALLBACK:
-            # Pages: nobody else reports an IgnoreRequest; images are reported by the pipeline.
-            logger.warning("Request refused (%s): %s referred in <%s>: %s",
-                           exc.reason, request.url, referer_str(request), exc.detail)
-            self.crawler.stats.inc_value(f"imgcrawl/failed/{exc.reason}")
-        raise exc
 
 
 def _is_ip(host: str) -> bool:

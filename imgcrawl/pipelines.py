@@ -42,6 +42,7 @@ from scrapy.exceptions import (
 from scrapy.http.request import NO_CALLBACK
 from scrapy.pipelines.files import FSFilesStore
 from scrapy.pipelines.images import ImagesPipeline
+from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import referer_str
 from twisted.internet import reactor
@@ -108,6 +109,8 @@ def failure_reason(exc: BaseException) -> str:
     """A short, stable slug for why a download failed (used in stats and logs)."""
     if isinstance(exc, (ImageFailed, imaging.ImageError, BlockedRequest)):
         return exc.reason
+    if isinstance(exc, HttpError):
+        return f"http-{exc.response.status}"
     if isinstance(exc, IgnoreRequest):
         message = str(exc).lower()
         if "robots" in message:
@@ -128,6 +131,19 @@ def failure_reason(exc: BaseException) -> str:
 
 # Longest file name most filesystems take (ext4, APFS, NTFS): longer fails on write.
 NAME_MAX = 255
+
+
+def report_failure(crawler, what: str, request, exc: BaseException) -> str:
+    """The one WARNING line (what, reason, URL, referrer, detail) and the stat; the reason."""
+    reason = failure_reason(exc)
+    crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
+    if reason != "quota":  # said once when the quota was reached; the rest are only counted
+        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        logger.warning(
+            "%s failed (%s): %s referred in <%s>: %s",
+            what, reason, request.url, referer_str(request), detail.splitlines()[0][:300],
+        )
+    return reason
 
 
 def store_path(root: Path, relative: str) -> Path:
@@ -421,17 +437,8 @@ class GalleryImagesPipeline(ImagesPipeline):
 
     def media_failed(self, failure, request, info):
         exc = failure.value
-        reason = failure_reason(exc)
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-        self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
-        if reason == "quota":
-            # Said once when the quota was reached; the images cut off are only counted.
-            raise ImageFailed(reason, detail) from None
-        logger.warning(
-            "Image failed (%s): %s referred in <%s>: %s",
-            reason, request.url, referer_str(request), detail.splitlines()[0][:300],
-        )
-        raise ImageFailed(reason, detail) from None
+        reason = report_failure(self.crawler, "Image", request, exc)
+        raise ImageFailed(reason, getattr(exc, "detail", None) or str(exc)) from None
 
     def item_completed(self, results, item, info):
         """Each result on the item; the item's flat fields describe its (first) image."""

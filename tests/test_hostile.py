@@ -181,7 +181,9 @@ def hostile_site() -> tuple[LocalSite, dict]:
     srcs = [p for p in [*KEPT, *FAILED_FILES, *site.handlers] if p not in ("/img/chain2.jpg", "/img/chain3.jpg", "/img/loop2.jpg")]
     unquoted = {UNICODE_PATH: "/img/café été.jpg"}
     body = "".join(f'<img src="{html.escape(unquoted.get(p, p))}" alt="x">' for p in srcs)
-    files["/gallery/"] = ("text/html; charset=utf-8", f"<html><body>{body}</body></html>".encode())
+    more = '<a rel="next" href="/gallery/?page=2">next</a>'  # a page that always fails
+    site.handlers["/gallery/?page=2"] = lambda h: respond(h, 500, b"oops", ctype="text/html")
+    files["/gallery/"] = ("text/html; charset=utf-8", f"<html><body>{body}{more}</body></html>".encode())
     return site, seen
 
 
@@ -290,6 +292,14 @@ def test_each_bad_image_fails_once_with_its_reason(crawl):
         assert len(mine) == 1 and f"({reason})" in mine[0], (path, mine)
         assert f"'imgcrawl/failed/{reason}'" in result.log
         assert not line.get("path")
+
+
+def test_a_failing_page_is_one_warning_too(crawl):
+    site, _, result, _ = crawl
+    url = site.url("/gallery/?page=2")
+    lines = [line for line in result.log.splitlines() if url in line and " WARNING: " in line]
+    assert len(lines) == 1 and "Page failed (http-500)" in lines[0], lines
+    assert site.hits["/gallery/?page=2"] == 2  # retried once, then given up
 
 
 def test_oversized_stream_is_cut_while_streaming(crawl):
