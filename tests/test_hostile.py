@@ -317,3 +317,16 @@ def test_retries_are_bounded_and_honour_retry_after(crawl):
     assert site.hits["/img/reset.jpg"] == site.hits["/img/lie-long.jpg"] == 2
     assert site.hits["/img/loop.jpg"] + site.hits["/img/loop2.jpg"] == 6  # REDIRECT_MAX_TIMES=5
     assert site.hits["/private/secret.jpg"] == 0  # robots.txt obeyed
+
+
+def test_retry_after_header_forms():
+    from email.utils import formatdate
+
+    from imgcrawl.middlewares import retry_after
+
+    now = 1_800_000_000.0
+    assert retry_after(b"7", now) == 7.0
+    assert retry_after(formatdate(now + 30, usegmt=True).encode(), now) == 30.0
+    assert retry_after(formatdate(now - 30, usegmt=True).encode(), now) == 0.0  # already past
+    assert retry_after(b"soon", now) is None
+    assert retry_after(None, now) is None
