@@ -182,6 +182,8 @@ def run_demo(store: Path, pages: int) -> int:
     if settings.get("BOT_NAME") != defaults.BOT_NAME:  # run outside the project dir
         settings.setmodule(defaults, priority="project")
     settings.set("IMAGES_STORE", str(store.resolve()), priority="cmdline")
+    # The demo site is on 127.0.0.1 on purpose: lift the SSRF guard for this crawl only.
+    settings.set("IMGCRAWL_ALLOW_PRIVATE", True, priority="cmdline")
     process = CrawlerProcess(settings)  # installs the reactor named in settings
     from twisted.internet import reactor  # noqa: PLC0415
 

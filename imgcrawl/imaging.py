@@ -202,12 +202,12 @@ def process_image(
             atomic_write(original_path, data)
         return facts.as_dict()
     image = open_image(data, max_pixels)
+    fmt = image.format or fmt or "unknown"
     try:
-        # Everything below may read pixel data (PNG's getexif() loads the image), so
-        # every decoder error in it means "undecodable".
+        # Reading EXIF or counting frames may already hit a truncated stream.
         width, height = displayed_size(image)
         facts = ImageFacts(
-            format=image.format or fmt or "unknown",
+            format=fmt,
             width=width,
             height=height,
             bytes=len(data),
@@ -231,3 +231,12 @@ def process_image(
         atomic_write(thumbs[name][1], blob)
         facts.thumbs[name] = list(made[name].size)
     return facts.as_dict()
+
+
+def rethumb(
+    original_path: str,
+    thumbs: dict[str, tuple[tuple[int, int], str]],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> dict:
+    """New thumbnails from an already stored original (after ``IMAGES_THUMBS`` changed)."""
+    return process_image(Path(original_path).read_bytes(), None, thumbs, max_pixels)

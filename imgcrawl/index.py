@@ -1,4 +1,4 @@
-"""What is already stored: image URL -> stored record.
+"""What is already stored: image URL -> stored record, and content (sha256) -> record.
 
 Lets the pipeline answer "already stored and fresh?" with one indexed lookup and a few
 ``stat`` calls, instead of Scrapy's read-and-MD5-the-whole-file check. Pure (sqlite3 only).
@@ -18,7 +18,11 @@ CREATE TABLE IF NOT EXISTS images (
     url TEXT PRIMARY KEY,
     record TEXT NOT NULL,
     stored_at REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS contents (
+    sha256 TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
 """
 
 
@@ -32,7 +36,7 @@ class SQLiteIndex:
         # last few records (their images are then fetched again, never half-stored).
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
 
     def get(self, url: str) -> tuple[dict, float] | None:
         row = self._db.execute(
@@ -41,10 +45,25 @@ class SQLiteIndex:
         return (json.loads(row[0]), row[1]) if row else None
 
     def put(self, url: str, record: dict, stored_at: float | None = None) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO images (url, record, stored_at) VALUES (?, ?, ?)",
-            (url, json.dumps(record, sort_keys=True), stored_at or time.time()),
-        )
+        """Record ``url``; a record with a ``sha256`` also becomes the holder of those bytes.
+        One transaction, so a killed crawl never leaves the two tables disagreeing."""
+        text = json.dumps(record, sort_keys=True)
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO images (url, record, stored_at) VALUES (?, ?, ?)",
+                (url, text, stored_at or time.time()),
+            )
+            if record.get("sha256"):
+                self._db.execute(
+                    "INSERT OR REPLACE INTO contents (sha256, record) VALUES (?, ?)",
+                    (record["sha256"], text),
+                )
+
+    def holder(self, sha256: str) -> dict | None:
+        """The last stored record with these bytes (any URL), or None."""
+        row = self._db.execute("SELECT record FROM contents WHERE sha256 = ?", (sha256,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

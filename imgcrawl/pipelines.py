@@ -45,6 +45,7 @@ from scrapy.exceptions import (
 from scrapy.http.request import NO_CALLBACK
 from scrapy.pipelines.files import FSFilesStore
 from scrapy.pipelines.images import ImagesPipeline
+from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import referer_str
 from twisted.internet import reactor
@@ -53,6 +54,7 @@ from twisted.python.failure import Failure
 
 from imgcrawl import imaging
 from imgcrawl.index import SQLiteIndex
+from imgcrawl.middlewares import BlockedRequest
 
 # Scrapy logs any other media exception again at ERROR with a traceback; a failure we have
 # already explained in one WARNING line is passed as a "filtered" one, which it keeps quiet.
@@ -121,14 +123,28 @@ def store_failure(exc: BaseException) -> str | None:
     return None
 
 
+class _OncePerImage(logging.Filter):
+    """Drops Scrapy's own warnings for an oversized or cut-off body: media_failed reports
+    the same image with its reason (pages still get Scrapy's "Error downloading" line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return "download max size" not in message and not message.startswith("Got data loss")
+
+
 def failure_reason(exc: BaseException) -> str:
     """A short, stable slug for why a download failed (used in stats and logs)."""
-    if isinstance(exc, (ImageFailed, imaging.ImageError)):
+    if isinstance(exc, (ImageFailed, imaging.ImageError, BlockedRequest)):
         return exc.reason
     if isinstance(exc, (OSError, sqlite3.Error)) and (store_reason := store_failure(exc)):
         return store_reason
+    if isinstance(exc, HttpError):
+        return f"http-{exc.response.status}"
     if isinstance(exc, IgnoreRequest):
-        return "robots" if "robots" in str(exc).lower() else "filtered"
+        message = str(exc).lower()
+        if "robots" in message:
+            return "robots"
+        return "too-many-redirects" if "redirections" in message else "filtered"
     for cls, reason in (
         (DownloadTimeoutError, "timeout"),
         (DownloadCancelledError, "too-large"),
@@ -142,14 +158,70 @@ def failure_reason(exc: BaseException) -> str:
     return type(exc).__name__.lower()
 
 
+# Longest file name most filesystems take (ext4, APFS, NTFS): longer fails on write.
+NAME_MAX = 255
+
+
+def report_failure(crawler, what: str, request, exc: BaseException) -> str:
+    """The one WARNING line (what, reason, URL, referrer, detail) and the stat; the reason."""
+    reason = failure_reason(exc)
+    crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
+    if reason != "quota":  # said once when the quota was reached; the rest are only counted
+        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        logger.warning(
+            "%s failed (%s): %s referred in <%s>: %s",
+            what, reason, request.url, referer_str(request), detail.splitlines()[0][:300],
+        )
+    return reason
+
+
 def store_path(root: Path, relative: str) -> Path:
     """``root/relative``, refusing anything that would land outside ``root``."""
     if "\x00" in relative:
         raise ImageFailed("bad-path", f"NUL in path {relative!r}")
+    if any(len(part.encode()) > NAME_MAX for part in PurePosixPath(relative).parts):
+        raise ImageFailed("bad-path", f"a name in {relative[:80]!r}... is over {NAME_MAX} bytes")
     target = (root / relative).resolve()
     if not target.is_relative_to(root.resolve()):
         raise ImageFailed("bad-path", f"{relative!r} is outside the image store")
     return target
+
+
+def repair_jsonl(path: Path) -> bool:
+    """Cut a half-written last line (a crawl killed mid-write), so that the lines a resumed
+    crawl appends stay one JSON object each. True if something was cut."""
+    if not path.is_file():
+        return False
+    with path.open("r+b") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        f.seek(max(0, end - 1))
+        if end == 0 or f.read(1) == b"\n":
+            return False
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            f.seek(pos)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(pos + newline + 1)
+                return True
+        f.truncate(0)
+        return True
+
+
+def local_jsonl_feeds(settings) -> list[Path]:
+    """The local JSON-lines feeds (the manifest) whose paths are known before the crawl."""
+    paths = []
+    for uri, options in settings.getdict("FEEDS").items():
+        if (options or {}).get("format") not in ("jsonlines", "jl"):
+            continue
+        try:
+            uri = str(uri) % {"images_store": settings.get("IMAGES_STORE")}
+        except (KeyError, ValueError, TypeError):
+            continue  # depends on %(time)s etc.: a new file each crawl
+        if "://" not in uri or uri.startswith("file://"):
+            paths.append(Path(uri.removeprefix("file://")))
+    return paths
 
 
 # The per-image fields copied onto the item, so the manifest has one flat line per image.
@@ -231,6 +303,18 @@ class GalleryImagesPipeline(ImagesPipeline):
         self.store_failed = False
         self.index_thread = ThreadPoolExecutor(1, thread_name_prefix="imgcrawl-index")
         self.thumbs_signature = json.dumps(sorted(self.thumbs.items()))
+        self.max_images = settings.getint("IMGCRAWL_MAX_IMAGES", 0)
+        self.max_bytes = settings.getint("IMGCRAWL_MAX_BYTES", 0)
+        # Images and bytes stored or being stored: the quotas are never overshot by the
+        # images still in flight when one is reached.
+        self.reserved_images = self.reserved_bytes = 0
+        self.quota_reason: str | None = None
+        for feed in local_jsonl_feeds(settings):
+            if repair_jsonl(feed):
+                logger.warning("Cut a half-written last line from %s (an earlier crawl was killed)", feed)
+        http11 = logging.getLogger("scrapy.core.downloader.handlers.http11")
+        if not any(isinstance(f, _OncePerImage) for f in http11.filters):
+            http11.addFilter(_OncePerImage())
 
     def open_spider(self, spider=None) -> None:
         super().open_spider()
@@ -291,19 +375,39 @@ class GalleryImagesPipeline(ImagesPipeline):
 
     async def media_to_download(self, request, info, *, item=None):
         """Already stored, fresh and complete? Then no download: one lookup, a few stats."""
+        if self.quota_reason:
+            raise ImageFailed("quota", self.quota_reason)
         found = await maybe_deferred_to_future(_run_in(self.index_thread, self.index.get, request.url))
         if not found:
             return None
         record, stored_at = found
         if time.time() - stored_at > self.expires * 86400:
             return None
-        if record.get("thumbs_signature") != self.thumbs_signature:
+        if not (self.local_root / record["path"]).exists():
             return None
-        paths = [record["path"], *record.get("thumbs", {}).values()]
-        if not all((self.local_root / p).exists() for p in paths):
+        if record.get("thumbs_signature") != self.thumbs_signature:
+            # IMAGES_THUMBS changed: new thumbnails from the stored original, no download.
+            record = await self._rethumb(request, record)
+        elif not all((self.local_root / p).exists() for p in record.get("thumbs", {}).values()):
             return None
         self.inc_stats("uptodate")
         return {**record, "status": "uptodate"}
+
+    async def _rethumb(self, request, record: dict) -> dict:
+        thumb_paths = {name: self.thumb_path(request, name) for name in self.thumbs}
+        jobs = {n: (self.thumbs[n], str(store_path(self.local_root, p))) for n, p in thumb_paths.items()}
+        original = str(store_path(self.local_root, record["path"]))
+        try:
+            facts = await maybe_deferred_to_future(
+                _run_in(self.workers, imaging.rethumb, original, jobs, self.max_pixels)
+            )
+        except imaging.ImageError as exc:
+            raise ImageFailed(exc.reason, exc.detail) from None
+        self.crawler.stats.inc_value("imgcrawl/rethumbed")
+        record = {**record, "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]},
+                  "thumbs_signature": self.thumbs_signature}
+        await maybe_deferred_to_future(_run_in(self.index_thread, self.index.put, request.url, record))
+        return record
 
     async def media_downloaded(self, response, request, info, *, item=None):
         if response.status != 200:
@@ -315,12 +419,20 @@ class GalleryImagesPipeline(ImagesPipeline):
             name: self.thumb_path(request, name, response=response, info=info, item=item)
             for name in self.thumbs
         }
-        facts = await self._process(response.body, path, thumb_paths)
+        self._reserve(len(response.body))
+        try:
+            facts = await self._process(response.body, path, thumb_paths)
+        except BaseException:
+            self.reserved_images -= 1
+            self.reserved_bytes -= len(response.body)
+            raise
         status = "cached" if "cached" in response.flags else "downloaded"
         self.inc_stats(status)
         stats = self.crawler.stats
         stats.inc_value("imgcrawl/stored")
         stats.inc_value("imgcrawl/stored_bytes", facts["bytes"])
+        if self.max_images and stats.get_value("imgcrawl/stored") >= self.max_images:
+            self._quota_reached(f"IMGCRAWL_MAX_IMAGES={self.max_images} images stored", "imgcrawl_max_images")
         record = {
             "url": request.url,
             "path": path,
@@ -333,8 +445,42 @@ class GalleryImagesPipeline(ImagesPipeline):
             "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]},
             "thumbs_signature": self.thumbs_signature,
         }
-        await maybe_deferred_to_future(_run_in(self.index_thread, self.index.put, request.url, record))
-        return {**record, "status": status}
+        kept = await maybe_deferred_to_future(_run_in(self.index_thread, self._record_once, record))
+        if kept["path"] != record["path"]:
+            stats.inc_value("imgcrawl/duplicate_content")
+        return {**kept, "status": status}
+
+    def _record_once(self, record: dict) -> dict:
+        """On the index thread: bytes already stored under another URL are kept once; this
+        URL's record points at that copy and the files just written for it are removed."""
+        holder = self.index.holder(record["sha256"])
+        if holder and holder["url"] != record["url"] and holder.get("thumbs_signature") == self.thumbs_signature:
+            kept = [holder["path"], *holder["thumbs"].values()]
+            if all((self.local_root / p).exists() for p in kept):
+                for p in {record["path"], *record["thumbs"].values()} - set(kept):
+                    (self.local_root / p).unlink(missing_ok=True)
+                record = {**record, "path": holder["path"], "thumbs": holder["thumbs"]}
+        self.index.put(record["url"], record)
+        return record
+
+    def _reserve(self, size: int) -> None:
+        """Count an image against the quotas before storing it, or refuse it."""
+        if self.quota_reason:
+            raise ImageFailed("quota", self.quota_reason)
+        if self.max_bytes and self.reserved_bytes + size > self.max_bytes:
+            self._quota_reached(f"IMGCRAWL_MAX_BYTES={self.max_bytes} bytes stored", "imgcrawl_max_bytes")
+            raise ImageFailed("quota", self.quota_reason)
+        if self.max_images and self.reserved_images >= self.max_images:
+            raise ImageFailed("quota", f"IMGCRAWL_MAX_IMAGES={self.max_images} being stored")
+        self.reserved_images += 1
+        self.reserved_bytes += size
+
+    def _quota_reached(self, what: str, close_reason: str) -> None:
+        if self.quota_reason:
+            return
+        self.quota_reason = what
+        logger.warning("Quota reached (%s): no more images; closing the crawl", what)
+        deferred_from_coro(self.crawler.engine.close_spider_async(reason=close_reason))
 
     async def _process(self, body: bytes, path: str, thumb_paths: dict[str, str]) -> dict:
         original = str(store_path(self.local_root, path))
@@ -352,18 +498,14 @@ class GalleryImagesPipeline(ImagesPipeline):
     def media_failed(self, failure, request, info):
         exc = failure.value
         reason = failure_reason(exc)
-        self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
         if reason in STORE_FAILURES:
+            self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
             # Every further image would fail the same way: stop, after saying so once.
             if self.report_store_failure(reason, exc):
                 deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason.replace("-", "_")))
             raise ImageFailed(reason, str(exc)) from None
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-        logger.warning(
-            "Image failed (%s): %s referred in <%s>: %s",
-            reason, request.url, referer_str(request), detail.splitlines()[0][:300],
-        )
-        raise ImageFailed(reason, detail) from None
+        reason = report_failure(self.crawler, "Image", request, exc)
+        raise ImageFailed(reason, getattr(exc, "detail", None) or str(exc)) from None
 
     def item_completed(self, results, item, info):
         """Each result on the item; the item's flat fields describe its (first) image."""

@@ -23,6 +23,26 @@ CONCURRENT_REQUESTS = 32
 DOWNLOAD_TIMEOUT = 30
 # Two retries absorb blips without hammering a failing server.
 RETRY_TIMES = 2
+# The final failure is reported once by the pipeline (images) or HttpError (pages).
+RETRY_GIVE_UP_LOG_LEVEL = "DEBUG"
+# Wait before retrying: Retry-After if the server says (up to IMGCRAWL_RETRY_AFTER_MAX s),
+# else IMGCRAWL_RETRY_BACKOFF s doubled per attempt.
+IMGCRAWL_RETRY_BACKOFF = 1.0
+IMGCRAWL_RETRY_AFTER_MAX = 60.0
+# Redirect chains (and loops) stop after this many hops; CDNs need 1-3.
+REDIRECT_MAX_TIMES = 5
+DOWNLOADER_MIDDLEWARES = {
+    # Before robots.txt (100), so not even robots.txt is fetched from a private address.
+    "imgcrawl.middlewares.PrivateAddressGuard": 60,
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "imgcrawl.middlewares.BackoffRetryMiddleware": 550,
+}
+# SSRF guard: loopback, private, link-local and metadata addresses are refused. The demo and
+# the tests crawl 127.0.0.1 on purpose and set this to True.
+IMGCRAWL_ALLOW_PRIVATE = False
+# Quotas (0 = none): stop and close the crawl once this many images / bytes are stored.
+IMGCRAWL_MAX_IMAGES = 0
+IMGCRAWL_MAX_BYTES = 0
 # Bounded downloads: a photo over 64 MiB is refused while streaming, not after.
 DOWNLOAD_MAXSIZE = 64 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 16 * 1024 * 1024

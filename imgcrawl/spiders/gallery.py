@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 
 import scrapy
 from scrapy.http import Response, TextResponse
+from twisted.python.failure import Failure
 
 from imgcrawl import extract, sites
 from imgcrawl.items import GalleryItem
+from imgcrawl.pipelines import report_failure
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +207,11 @@ class GallerySpider(scrapy.Spider):
             return None
         self._seen_pages.add(url)
         self.pages_scheduled += 1
-        return scrapy.Request(url, callback=self.parse, **kwargs)
+        return scrapy.Request(url, callback=self.parse, errback=self.page_failed, **kwargs)
+
+    def page_failed(self, failure: Failure) -> None:
+        """One WARNING line with the reason and a stat, instead of Scrapy's ERROR + traceback."""
+        report_failure(self.crawler, "Page", failure.request, failure.value)
 
     def parse(self, response: Response, **kwargs: Any) -> Iterable[Any]:
         if not isinstance(response, TextResponse):
