@@ -49,7 +49,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.python.failure import Failure
 
 from imgcrawl import imaging
-from imgcrawl.index import SQLiteIndex
+from imgcrawl.index import RedisIndex, SQLiteIndex
 
 # Scrapy logs any other media exception again at ERROR with a traceback; a failure we have
 # already explained in one WARNING line is passed as a "filtered" one, which it keeps quiet.
@@ -185,8 +185,12 @@ class GalleryImagesPipeline(ImagesPipeline):
             # Workers write files directly (atomic rename); remote stores are not wired yet.
             raise BadSetting(f"IMAGES_STORE={store_uri!r}: imgcrawl stores to a local directory")
         self.local_root = Path(self.store.basedir).resolve()
-        index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
-        self.index = SQLiteIndex(index_path)
+        if settings.get("IMGCRAWL_REDIS_URL"):
+            # Distributed: every worker must see what any worker has stored.
+            self.index: SQLiteIndex | RedisIndex = RedisIndex(settings["IMGCRAWL_REDIS_URL"])
+        else:
+            index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
+            self.index = SQLiteIndex(index_path)
         self.index_thread = ThreadPoolExecutor(1, thread_name_prefix="imgcrawl-index")
         self.thumbs_signature = json.dumps(sorted(self.thumbs.items()))
 

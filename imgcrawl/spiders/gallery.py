@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import scrapy
 from scrapy.http import Response, TextResponse
 
-from imgcrawl import extract
+from imgcrawl import distributed, extract
 from imgcrawl.items import GalleryItem
 
 logger = logging.getLogger(__name__)
@@ -24,9 +24,13 @@ class BadArgument(ValueError):
     """A spider argument that is missing or malformed; its message is the one line shown."""
 
 
+def missing_url(example: str) -> str:
+    return f"missing -a url=...: give the gallery to crawl, e.g. {example}"
+
+
 def parse_urls(value: str | None, example: str) -> list[str]:
     if not value or not value.strip():
-        raise BadArgument(f"missing -a url=...: give the gallery to crawl, e.g. {example}")
+        raise BadArgument(missing_url(example))
     urls = [u.strip() for u in value.split(",") if u.strip()]
     for url in urls:
         parts = urlsplit(url)
@@ -70,9 +74,13 @@ class GallerySpider(scrapy.Spider):
         self.pages_scheduled = 0
         self.images_queued = 0
         self._seen_pages: set[str] = set()
+        # Checked in from_crawler(): a distributed worker may take its start URLs from Redis instead.
+        self.url_missing = url is None and not getattr(self, "start_urls", None)
+        self.cmd_example = cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
         try:
-            cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
-            if url is not None or not getattr(self, "start_urls", None):
+            if self.url_missing:
+                self.start_urls = []
+            elif url is not None:
                 self.start_urls = parse_urls(url, cmd_example)
             self.max_pages = parse_count("max_pages", max_pages, None)
             self.max_images = parse_count("max_images", max_images, None)
@@ -83,6 +91,17 @@ class GallerySpider(scrapy.Spider):
         # Stay inside the start URLs' sites (images on CDNs are allowed by the pipeline).
         self.allowed_hosts = frozenset(urlsplit(u).hostname for u in self.start_urls)
         self.allowed_domains = sorted(self.allowed_hosts)
+
+    @classmethod
+    def from_crawler(cls, crawler, *args: Any, **kwargs: Any):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        if distributed.redis_url(crawler.settings):
+            # The shared frontier holds pages of every worker's sites: no offsite filter
+            # from this worker's own start URLs; links are followed within each page's site.
+            spider.allowed_domains = []
+        elif spider.url_missing and not spider.argument_error:
+            spider.argument_error = missing_url(spider.cmd_example)
+        return spider
 
     async def start(self) -> AsyncIterator[Any]:
         if self.argument_error:
@@ -100,12 +119,17 @@ class GallerySpider(scrapy.Spider):
         return extract.image_candidates(response.selector, response.url)
 
     def next_pages(self, response: TextResponse) -> Iterable[str]:
-        return extract.pagination_links(response.selector, response.url, self.allowed_hosts)
+        return extract.pagination_links(response.selector, response.url, self.site_hosts(response))
 
     def detail_pages(self, response: TextResponse) -> Iterable[str]:
-        return extract.detail_links(response.selector, response.url, self.allowed_hosts)
+        return extract.detail_links(response.selector, response.url, self.site_hosts(response))
 
     # -- the crawl -------------------------------------------------------------------
+
+    def site_hosts(self, response: Response) -> frozenset[str]:
+        """Hosts to follow links to: the start URLs' and, for pages another distributed
+        worker started (or a Redis start URL), the page's own."""
+        return self.allowed_hosts | {urlsplit(response.url).hostname}
 
     def enough_images(self) -> bool:
         return self.max_images is not None and self.images_queued >= self.max_images

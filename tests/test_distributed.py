@@ -1,0 +1,170 @@
+"""Distributed crawling end to end: two real workers share one real redis-server frontier."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from random import Random
+
+import pytest
+import redis
+
+from conftest import LocalSite, run_crawl
+from imgcrawl.demo import make_image
+
+DETAIL_PAGES = 16
+GATE_TIMEOUT = 20  # seconds a detail page waits for the other worker to show up
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (.ci/run installs the Debian package)")
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    proc = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        for _ in range(100):  # up to ~10 s
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("redis-server did not answer within 10 s")
+        yield url
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def shared_site():
+    """A gallery page linking to detail pages, one photo each.
+
+    Detail pages are answered only once both workers have asked for one (or after
+    GATE_TIMEOUT), so the split of work between workers does not hinge on timing.
+    """
+    rng = Random(5)
+    files = {}
+    links = []
+    for n in range(1, DETAIL_PAGES + 1):
+        files[f"/img/p{n:02d}.jpg"] = ("image/jpeg", make_image(rng, "jpg", f"p{n}"))
+        files[f"/photo/p{n:02d}.html"] = (
+            "text/html", f'<html><body><img src="/img/p{n:02d}.jpg" alt="P{n}"></body></html>'.encode()
+        )
+        links.append(f'<li><a href="/photo/p{n:02d}.html">photo {n}</a></li>')
+    files["/gallery/"] = ("text/html", f"<html><body><ul>{''.join(links)}</ul></body></html>".encode())
+    files["/robots.txt"] = ("text/plain", b"User-agent: *\nAllow: /\n")
+
+    site = LocalSite(files)
+    site.pages_by_worker = Counter()
+    workers_seen: set[str] = set()
+    both_seen = threading.Event()
+    lock = threading.Lock()
+
+    def detail(handler):
+        worker = handler.headers.get("User-Agent", "")
+        with lock:
+            site.pages_by_worker[worker] += 1
+            workers_seen.add(worker)
+            if len(workers_seen) >= 2:
+                both_seen.set()
+        both_seen.wait(GATE_TIMEOUT)
+        content_type, body = files[handler.path]
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    site.handlers = {f"/photo/p{n:02d}.html": detail for n in range(1, DETAIL_PAGES + 1)}
+    site.start()
+    yield site
+    site.stop()
+
+
+def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    # Worker B gets no -a url: the gallery comes from the Redis start-URL list.
+    client.rpush("gallery:start_urls", shared_site.url("/gallery/"))
+    store = tmp_path / "store"
+
+    def worker(name: str, *args: str):
+        home = tmp_path / name
+        home.mkdir()
+        settings = {
+            "IMGCRAWL_REDIS_URL": redis_url,
+            "IMGCRAWL_REDIS_IDLE_CLOSE": "5",
+            "USER_AGENT": name,
+            # Two requests at a time per worker, so one worker cannot take the whole frontier.
+            "CONCURRENT_REQUESTS": "2",
+            "IMGCRAWL_WORKERS": "1",
+            "FEEDS": json.dumps({str(home / "manifest.jsonl"): {"format": "jsonlines"}}),
+        }
+        started = time.monotonic()
+        result = run_crawl(home, *args, store=store, settings=settings)
+        return result, time.monotonic() - started, home / "manifest.jsonl"
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(worker, "worker-a", "-a", f"url={shared_site.url('/photo/p01.html')}")
+        b = pool.submit(worker, "worker-b")
+        results = [a.result(), b.result()]
+    elapsed = time.monotonic() - started
+
+    for result, _, _ in results:
+        assert result.returncode == 0, result.log[-3000:]
+        assert "Traceback" not in result.log
+        assert "'finish_reason': 'finished'" in result.log
+        assert " WARNING: " not in result.log, result.log[-3000:]
+    # Every page fetched exactly once across both workers, and both fetched some.
+    pages = ["/gallery/"] + [f"/photo/p{n:02d}.html" for n in range(1, DETAIL_PAGES + 1)]
+    assert {p: shared_site.hits[p] for p in pages} == dict.fromkeys(pages, 1)
+    split = dict(shared_site.pages_by_worker)
+    assert set(split) == {"worker-a", "worker-b"} and sum(split.values()) == DETAIL_PAGES, split
+    print(f"\ntwo workers: {elapsed:.1f} s wall, "
+          + ", ".join(f"{name} {secs:.1f} s" for (_, secs, _), name in zip(results, ("a", "b")))
+          + f"; detail pages per worker: {split}")
+    # Every image fetched once, stored once, byte-exact; the shared index knows them all.
+    lines = [json.loads(line) for _, _, manifest in results if manifest.exists()
+             for line in manifest.read_text().splitlines()]
+    images = {p: body for p, (_, body) in shared_site.files.items() if p.startswith("/img/")}
+    assert all(shared_site.hits[p] == 1 for p in images), {p: shared_site.hits[p] for p in images}
+    assert sorted(line["url"] for line in lines) == sorted(shared_site.url(p) for p in images)
+    for line in lines:
+        assert line["status"] == "downloaded", line
+        body = images[line["url"].split(str(shared_site.port), 1)[1]]
+        assert (store / line["path"]).read_bytes() == body
+        assert line["sha256"] == hashlib.sha256(body).hexdigest()
+        assert (store / line["thumbs"]["small"]).exists()
+    assert len(list((store / "full").iterdir())) == len(images)
+    assert client.hlen("imgcrawl:index") == len(images)
+    assert not (store / ".imgcrawl" / "index.sqlite").exists()
+    # The start-URL list was consumed; the frontier is drained but kept (SCHEDULER_PERSIST).
+    assert client.llen("gallery:start_urls") == 0
+    assert client.zcard("gallery:requests") == 0
+    assert client.scard("gallery:dupefilter") == len(pages)
+    client.close()
