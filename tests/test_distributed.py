@@ -128,6 +128,7 @@ def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
         result = run_crawl(home, *args, store=store, settings=settings)
         return result, time.monotonic() - started, home / "manifest.jsonl"
 
+    commands_before = client.info("stats")["total_commands_processed"]
     started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
         a = pool.submit(worker, "worker-a", "-a", f"url={shared_site.url('/photo/p01.html')}")
@@ -147,7 +148,8 @@ def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
     assert set(split) == {"worker-a", "worker-b"} and sum(split.values()) == DETAIL_PAGES, split
     print(f"\ntwo workers: {elapsed:.1f} s wall, "
           + ", ".join(f"{name} {secs:.1f} s" for (_, secs, _), name in zip(results, ("a", "b")))
-          + f"; detail pages per worker: {split}")
+          + f"; detail pages per worker: {split}; Redis commands: "
+          + f"{client.info('stats')['total_commands_processed'] - commands_before} for {len(pages)} pages")
     # Every image fetched once, stored once, byte-exact; the shared index knows them all.
     lines = [json.loads(line) for _, _, manifest in results if manifest.exists()
              for line in manifest.read_text().splitlines()]
