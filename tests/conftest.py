@@ -103,14 +103,21 @@ class CrawlResult:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
-              settings: dict | None = None, timeout: float = CRAWL_TIMEOUT) -> CrawlResult:
-    """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings."""
+def crawl_command(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
+                  settings: dict | None = None) -> tuple[list[str], dict, Path]:
+    """The ``scrapy crawl`` command line, environment and store ``run_crawl`` uses."""
     store = store or tmp_path / "store"
     cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
     for name, value in (settings or {}).items():
         cmd += ["-s", f"{name}={value}"]
     cmd += list(args)
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO)}
+    return cmd, env, store
+
+
+def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
+              settings: dict | None = None, timeout: float = CRAWL_TIMEOUT) -> CrawlResult:
+    """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings."""
+    cmd, env, store = crawl_command(tmp_path, *args, spider=spider, store=store, settings=settings)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     return CrawlResult(proc.returncode, proc.stdout + proc.stderr, store)
