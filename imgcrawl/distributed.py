@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from urllib.parse import urlsplit
 
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, NotConfigured, ScrapyDeprecationWarning
@@ -54,8 +55,9 @@ class RedisStartUrls:
     """Idle workers take start URLs from Redis and wait, boundedly, for shared work.
 
     scrapy-redis's ``RedisSpider`` feeds its list through ``start_requests()``, which
-    Scrapy 2.19 never calls; this extension does the same on ``spider_idle`` for any
-    spider, so the spider's own ``start()`` stays as it is.
+    Scrapy 2.19 never calls, and on ``spider_idle``. This does both on ``spider_idle``
+    (which fires as soon as ``start()`` is exhausted), using the gallery spider's
+    ``page_request``, so ``start()`` itself stays as it is.
     """
 
     def __init__(self, crawler, server, idle_close: float):
@@ -93,6 +95,12 @@ class RedisStartUrls:
     def spider_idle(self, spider) -> None:
         urls = self.pop_start_urls()
         for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                logger.warning("Start URL %r from Redis list %r ignored: need an absolute http(s) URL",
+                               url, self.key)
+                self.crawler.stats.inc_value("imgcrawl/failed/bad-start-url")
+                continue
             # The gallery spider's page request: bounded by max_pages, deduplicated.
             request = spider.page_request(url)
             if request is not None:

@@ -137,7 +137,7 @@ def shared_site():
 def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
     client = redis.Redis.from_url(redis_url)
     # Worker B gets no -a url: the gallery comes from the Redis start-URL list.
-    client.rpush("gallery:start_urls", shared_site.url("/gallery/"))
+    client.rpush("gallery:start_urls", "not-a-url", shared_site.url("/gallery/"))
     store = tmp_path / "store"
 
     def worker(name: str, *args: str):
@@ -159,7 +159,10 @@ def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
         assert result.returncode == 0, result.log[-3000:]
         assert "Traceback" not in result.log
         assert "'finish_reason': 'finished'" in result.log
-        assert " WARNING: " not in result.log, result.log[-3000:]
+    # A bad entry in the start-URL list: one WARNING line with the reason, and counted.
+    warnings = [line for result, _, _ in results for line in result.log.splitlines() if " WARNING: " in line]
+    assert len(warnings) == 1 and "'not-a-url'" in warnings[0] and "absolute http(s) URL" in warnings[0], warnings
+    assert sum("'imgcrawl/failed/bad-start-url': 1" in result.log for result, _, _ in results) == 1
     # Every page fetched exactly once across both workers, and both fetched some.
     assert {p: shared_site.hits[p] for p in PAGES} == dict.fromkeys(PAGES, 1)
     split = dict(shared_site.pages_by_worker)
