@@ -3,7 +3,8 @@
 Lets the pipeline answer "already stored and fresh?" with one indexed lookup and a few
 ``stat`` calls, instead of Scrapy's read-and-MD5-the-whole-file check. Pure (sqlite3 only).
 One :class:`SQLiteIndex` must be used from one thread at a time; the pipeline gives it a
-dedicated thread.
+dedicated thread. :class:`RedisIndex` has the same interface and is shared by every worker of
+a distributed crawl (redis-py only, imported when used).
 """
 
 from __future__ import annotations
@@ -70,3 +71,42 @@ class SQLiteIndex:
 
     def close(self) -> None:
         self._db.close()
+
+
+class RedisIndex:
+    """The index as two Redis hashes (url -> record and time; sha256 -> record), shared by
+    all workers."""
+
+    KEY = "imgcrawl:index"
+
+    def __init__(self, url: str, key: str = KEY):
+        import redis  # the `distributed` extra; not needed for local crawls
+
+        self._redis = redis.Redis.from_url(url)
+        self.key = key
+        self.contents_key = f"{key}:contents"
+
+    def get(self, url: str) -> tuple[dict, float] | None:
+        raw = self._redis.hget(self.key, url)
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        return entry["record"], entry["stored_at"]
+
+    def put(self, url: str, record: dict, stored_at: float | None = None) -> None:
+        entry = {"record": record, "stored_at": stored_at or time.time()}
+        with self._redis.pipeline() as tx:  # MULTI/EXEC: both hashes or neither
+            tx.hset(self.key, url, json.dumps(entry, sort_keys=True))
+            if record.get("sha256"):
+                tx.hset(self.contents_key, record["sha256"], json.dumps(record, sort_keys=True))
+            tx.execute()
+
+    def holder(self, sha256: str) -> dict | None:
+        raw = self._redis.hget(self.contents_key, sha256)
+        return json.loads(raw) if raw is not None else None
+
+    def __len__(self) -> int:
+        return self._redis.hlen(self.key)
+
+    def close(self) -> None:
+        self._redis.close()

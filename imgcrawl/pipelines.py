@@ -53,7 +53,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.python.failure import Failure
 
 from imgcrawl import imaging
-from imgcrawl.index import SQLiteIndex
+from imgcrawl.index import RedisIndex, SQLiteIndex
 from imgcrawl.middlewares import BlockedRequest
 
 # Scrapy logs any other media exception again at ERROR with a traceback; a failure we have
@@ -298,8 +298,9 @@ class GalleryImagesPipeline(ImagesPipeline):
             # Workers write files directly (atomic rename); remote stores are not wired yet.
             raise BadSetting(f"IMAGES_STORE={store_uri!r}: imgcrawl stores to a local directory")
         self.local_root = Path(self.store.basedir).resolve()
+        self.redis_url = settings.get("IMGCRAWL_REDIS_URL")
         self.index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
-        self.index: SQLiteIndex | None = None
+        self.index: SQLiteIndex | RedisIndex | None = None
         self.store_failed = False
         self.index_thread = ThreadPoolExecutor(1, thread_name_prefix="imgcrawl-index")
         self.thumbs_signature = json.dumps(sorted(self.thumbs.items()))
@@ -319,6 +320,10 @@ class GalleryImagesPipeline(ImagesPipeline):
     def open_spider(self, spider=None) -> None:
         super().open_spider()
         self.spiderinfo.downloaded = _RecentResults(self.RECENT_RESULTS)
+        if self.redis_url:
+            # Distributed: every worker must see what any worker has stored.
+            self.index = RedisIndex(self.redis_url)
+            return
         try:
             # Creates the store directory: the first write, so the place to learn it fails.
             self.index = SQLiteIndex(self.index_path)

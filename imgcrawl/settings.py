@@ -65,6 +65,9 @@ LOG_LEVEL = "INFO"
 # Stable, non-deprecated feed/fingerprint behaviour.
 FEED_EXPORT_ENCODING = "utf-8"
 
+# -s IMGCRAWL_REDIS_URL=redis://host:6379/0 turns on the shared Redis frontier (see distributed.py).
+ADDONS = {"imgcrawl.distributed.RedisAddon": 0}
+
 ITEM_PIPELINES = {"imgcrawl.pipelines.GalleryImagesPipeline": 1}
 # Where originals, thumbnails, the index and the manifest go.
 IMAGES_STORE = "images"

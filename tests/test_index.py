@@ -1,17 +1,43 @@
-"""The "already stored" index survives reopening and replaces records."""
+"""The "already stored" index: the SQLite one and the Redis one behave the same."""
 
 from __future__ import annotations
 
-from imgcrawl.index import SQLiteIndex
+import pytest
+
+from imgcrawl.index import RedisIndex, SQLiteIndex
 
 
-def test_put_get_survives_reopen_and_replaces(tmp_path):
-    path = tmp_path / "deep" / "index.sqlite"
-    index = SQLiteIndex(path)
+@pytest.fixture(params=["sqlite", "redis"])
+def reopen(request, tmp_path):
+    """A function that opens (again) the same index of the parametrized kind."""
+    opened = []
+
+    def open_index():
+        if request.param == "sqlite":
+            index = SQLiteIndex(tmp_path / "deep" / "index.sqlite")
+        else:
+            index = RedisIndex(request.getfixturevalue("redis_url"))
+        opened.append(index)
+        return index
+
+    yield open_index
+    for index in opened:
+        index.close()
+
+
+def test_put_get_survives_reopen_and_replaces(reopen):
+    index = reopen()
     assert index.get("http://a/1.jpg") is None
-    index.put("http://a/1.jpg", {"path": "full/x.jpg", "sha256": "00"}, stored_at=100.0)
-    index.put("http://a/1.jpg", {"path": "full/y.jpg", "sha256": "11"}, stored_at=200.0)
+    index.put("http://a/1.jpg", {"url": "http://a/1.jpg", "path": "full/x.jpg", "sha256": "00"}, stored_at=100.0)
+    index.put("http://a/1.jpg", {"url": "http://a/1.jpg", "path": "full/y.jpg", "sha256": "11"}, stored_at=200.0)
     index.close()
-    reopened = SQLiteIndex(path)
-    assert reopened.get("http://a/1.jpg") == ({"path": "full/y.jpg", "sha256": "11"}, 200.0)
-    assert len(reopened) == 1
+    again = reopen()
+    assert again.get("http://a/1.jpg") == ({"url": "http://a/1.jpg", "path": "full/y.jpg", "sha256": "11"}, 200.0)
+    assert len(again) == 1
+
+
+def test_holder_finds_the_same_bytes_under_another_url(reopen):
+    index = reopen()
+    index.put("http://a/1.jpg", {"url": "http://a/1.jpg", "path": "full/1.jpg", "sha256": "ab"})
+    assert index.holder("ab")["path"] == "full/1.jpg"
+    assert index.holder("cd") is None

@@ -19,7 +19,7 @@ import scrapy
 from scrapy.http import Response, TextResponse
 from twisted.python.failure import Failure
 
-from imgcrawl import extract, sites
+from imgcrawl import distributed, extract, sites
 from imgcrawl.items import GalleryItem
 from imgcrawl.pipelines import report_failure
 
@@ -30,9 +30,13 @@ class BadArgument(ValueError):
     """A spider argument that is missing or malformed; its message is the one line shown."""
 
 
+def missing_url(example: str) -> str:
+    return f"missing -a url=...: give the gallery to crawl, e.g. {example}"
+
+
 def parse_urls(value: str | None, example: str) -> list[str]:
     if not value or not value.strip():
-        raise BadArgument(f"missing -a url=...: give the gallery to crawl, e.g. {example}")
+        raise BadArgument(missing_url(example))
     urls = [u.strip() for u in value.split(",") if u.strip()]
     for url in urls:
         parts = urlsplit(url)
@@ -129,13 +133,18 @@ class GallerySpider(scrapy.Spider):
         self.images_queued = 0
         self._seen_pages: set[str] = set()
         self.profile: sites.SiteProfile | None = None
+        self.cmd_example = cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
+        self.url_missing = False
         try:
             check_known(kwargs, self.known_arguments())
             self.profile = parse_profile_args(site, profile, self.site_profile)
             if self.profile and self.profile.start_urls and not getattr(self, "start_urls", None):
                 self.start_urls = list(self.profile.start_urls)
-            cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
-            if url is not None or not getattr(self, "start_urls", None):
+            # Checked in from_crawler(): a distributed worker may take its start URLs from Redis.
+            self.url_missing = url is None and not getattr(self, "start_urls", None)
+            if self.url_missing:
+                self.start_urls = []
+            elif url is not None:
                 self.start_urls = parse_urls(url, cmd_example)
             self.max_pages = parse_count("max_pages", max_pages, None)
             self.max_images = parse_count("max_images", max_images, None)
@@ -159,6 +168,12 @@ class GallerySpider(scrapy.Spider):
             # Settings freeze only after the spider is built, so the profile's per-site
             # settings still apply; -s on the command line (higher priority) wins.
             crawler.settings.setdict(spider.profile.settings, priority="spider")
+        if distributed.redis_url(crawler.settings):
+            # The shared frontier holds pages of every worker's sites: no offsite filter
+            # from this worker's own start URLs; links are followed within each page's site.
+            spider.allowed_domains = []
+        elif spider.url_missing and not spider.argument_error:
+            spider.argument_error = missing_url(spider.cmd_example)
         return spider
 
     async def start(self) -> AsyncIterator[Any]:
@@ -182,19 +197,24 @@ class GallerySpider(scrapy.Spider):
 
     def next_pages(self, response: TextResponse) -> Iterable[str]:
         if self.profile and self.profile.next_page:
-            return extract.selected_links(response.selector, response.url, self.profile.next_page, self.allowed_hosts)
-        return extract.pagination_links(response.selector, response.url, self.allowed_hosts)
+            return extract.selected_links(response.selector, response.url, self.profile.next_page, self.site_hosts(response))
+        return extract.pagination_links(response.selector, response.url, self.site_hosts(response))
 
     def detail_pages(self, response: TextResponse) -> Iterable[str]:
         if self.profile and self.profile.detail_page:
-            return extract.selected_links(response.selector, response.url, self.profile.detail_page, self.allowed_hosts)
-        return extract.detail_links(response.selector, response.url, self.allowed_hosts)
+            return extract.selected_links(response.selector, response.url, self.profile.detail_page, self.site_hosts(response))
+        return extract.detail_links(response.selector, response.url, self.site_hosts(response))
 
     def rewrite(self, url: str) -> str | None:
         """The URL to fetch for an image found as ``url``; None skips it."""
         return self.profile.image_url(url) if self.profile else url
 
     # -- the crawl -------------------------------------------------------------------
+
+    def site_hosts(self, response: Response) -> frozenset[str]:
+        """Hosts to follow links to: the start URLs' and, for pages another distributed
+        worker started (or a Redis start URL), the page's own."""
+        return self.allowed_hosts | {urlsplit(response.url).hostname}
 
     def enough_images(self) -> bool:
         return self.max_images is not None and self.images_queued >= self.max_images

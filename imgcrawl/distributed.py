@@ -1,0 +1,114 @@
+"""One switch for distributed crawling: ``-s IMGCRAWL_REDIS_URL=redis://host:6379/0``.
+
+With it set, :class:`RedisAddon` swaps in scrapy-redis's shared scheduler and dupefilter
+(every worker pulls pages from one Redis frontier, each page is fetched once by one
+worker), the pipeline uses the Redis-backed "already stored" index, and
+:class:`RedisStartUrls` feeds start URLs pushed to the Redis list ``<spider>:start_urls``
+to idle workers. Without it, nothing here is active and scrapy-redis need not be installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from urllib.parse import urlsplit
+
+from scrapy import signals
+from scrapy.exceptions import DontCloseSpider, NotConfigured, ScrapyDeprecationWarning
+
+logger = logging.getLogger(__name__)
+
+START_URLS_KEY = "%(name)s:start_urls"
+# Seconds a worker with nothing to do waits for other workers' pages or new start URLs.
+DEFAULT_IDLE_CLOSE = 30
+
+
+def redis_url(settings) -> str | None:
+    return settings.get("IMGCRAWL_REDIS_URL") or None
+
+
+class RedisAddon:
+    """Scrapy add-on: turns IMGCRAWL_REDIS_URL into scrapy-redis settings (-s still wins)."""
+
+    def update_settings(self, settings) -> None:
+        url = redis_url(settings)
+        if not url:
+            return
+        for name, value in (
+            ("REDIS_URL", url),
+            ("SCHEDULER", "scrapy_redis.scheduler.Scheduler"),
+            ("DUPEFILTER_CLASS", "scrapy_redis.dupefilter.RFPDupeFilter"),
+            # Keep the frontier and seen-set when a worker stops: the first worker to drain
+            # must not wipe the dupefilter under the others, and a killed worker's pending
+            # pages stay queued for the others or for a restart.
+            ("SCHEDULER_PERSIST", True),
+        ):
+            settings.set(name, value, priority="addon")
+        # scrapy-redis 0.9.1 passes spider= to the stats collector; not ours to fix, and
+        # a WARNING per crawl would read as a problem with the crawl.
+        warnings.filterwarnings("ignore", category=ScrapyDeprecationWarning, module=r"scrapy_redis\.")
+        settings.setdefault_in_component_priority_dict("EXTENSIONS", RedisStartUrls, 0)
+
+
+class RedisStartUrls:
+    """Idle workers take start URLs from Redis and wait, boundedly, for shared work.
+
+    scrapy-redis's ``RedisSpider`` feeds its list through ``start_requests()``, which
+    Scrapy 2.19 never calls, and on ``spider_idle``. This does both on ``spider_idle``
+    (which fires as soon as ``start()`` is exhausted), using the gallery spider's
+    ``page_request``, so ``start()`` itself stays as it is.
+    """
+
+    def __init__(self, crawler, server, idle_close: float):
+        self.crawler = crawler
+        self.server = server
+        self.idle_close = idle_close
+        self.batch = crawler.settings.getint("CONCURRENT_REQUESTS")
+        self.idle_since: float | None = None
+        self.key = ""
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        if not redis_url(crawler.settings):
+            raise NotConfigured
+        from scrapy_redis import connection  # only needed when distributed
+
+        idle_close = crawler.settings.getfloat("IMGCRAWL_REDIS_IDLE_CLOSE", DEFAULT_IDLE_CLOSE)
+        ext = cls(crawler, connection.from_settings(crawler.settings), idle_close)
+        crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(ext.spider_idle, signal=signals.spider_idle)
+        crawler.signals.connect(ext.response_received, signal=signals.response_received)
+        return ext
+
+    def spider_opened(self, spider) -> None:
+        self.key = START_URLS_KEY % {"name": spider.name}
+        logger.info("Distributed crawl: shared frontier in Redis; start URLs also from list %r", self.key)
+
+    def pop_start_urls(self) -> list[str]:
+        urls = self.server.lpop(self.key, self.batch) or []
+        return [u.decode() if isinstance(u, bytes) else u for u in urls]
+
+    def response_received(self) -> None:
+        self.idle_since = None
+
+    def spider_idle(self, spider) -> None:
+        urls = self.pop_start_urls()
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                logger.warning("Start URL %r from Redis list %r ignored: need an absolute http(s) URL",
+                               url, self.key)
+                self.crawler.stats.inc_value("imgcrawl/failed/bad-start-url")
+                continue
+            # The gallery spider's page request: bounded by max_pages, deduplicated.
+            request = spider.page_request(url)
+            if request is not None:
+                self.crawler.engine.crawl(request)
+        if urls:
+            raise DontCloseSpider
+        # Other workers may still be adding pages to the shared frontier; the engine
+        # checks it again on each heartbeat while we keep the spider open.
+        self.idle_since = self.idle_since or time.monotonic()
+        if time.monotonic() - self.idle_since < self.idle_close:
+            raise DontCloseSpider
