@@ -203,6 +203,7 @@ def run_demo(store: Path, pages: int) -> int:
         f"imgcrawl demo: {stored} images stored in {store / 'full'}\n"
         f"               {thumbs} thumbnails in {store / 'thumbs'}\n"
         f"               manifest: {manifest}\n"
+        f"               contact sheet: {(store / 'index.html').resolve().as_uri()} (open it in a browser)\n"
         f"               failed: {json.dumps(failed) if failed else 'none'}\n"
         f"               wall time: {elapsed:.2f} s",
         flush=True,
