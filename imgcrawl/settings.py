@@ -55,8 +55,10 @@ MEDIA_ALLOW_REDIRECTS = True
 DEPTH_PRIORITY = 1
 SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
 SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
-# Galleries link deep; bound how far from the start page we wander.
-DEPTH_LIMIT = 8
+# How many gallery/album/detail links deep to follow from a listing. Pagination does not
+# count: a 500-page gallery is ~100 "next" hops deep, and Scrapy's DEPTH_LIMIT (which counts
+# every hop; 0 = off, still usable) would cut it off silently.
+IMGCRAWL_DETAIL_DEPTH = 3
 # No surprise network exposure: no telnet console, no remote-control HTTP endpoint.
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False

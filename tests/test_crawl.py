@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 
 from PIL import Image
 
-from conftest import run_crawl
+from conftest import LocalSite, run_crawl
+from imgcrawl.demo import make_image
 
 
 # The demo gallery's full-size images: what a correct crawl must store.
@@ -100,3 +102,38 @@ def test_bad_argument_gives_one_line_and_no_crawl(demo_site, tmp_path):
         assert "Traceback" not in result.log
         assert "'finish_reason': 'bad_argument'" in result.log
     assert not any(p.startswith("/gallery") for p in demo_site.hits)
+
+
+def long_gallery(pages: int, album_chain: int) -> dict[str, tuple[str, bytes]]:
+    """``pages`` listing pages joined only by rel=next (a chain, the deepest case), and from
+    page 1 a chain of ``album_chain`` album pages, each linking to the next; one image each."""
+    rng = random.Random(3)
+    files = {}
+
+    def page(path: str, image: str, extra: str = "") -> None:
+        files[image] = ("image/jpeg", make_image(rng, "jpg", image))
+        files[path] = ("text/html", f'<html><head>{extra}</head><body><img src="{image}"></body></html>'.encode())
+
+    for n in range(1, pages + 1):
+        nxt = f'<link rel="next" href="/list/?page={n + 1}">' if n < pages else ""
+        album = '</head><body><a href="/album/1">Albums</a>' if n == 1 else ""
+        page(f"/list/?page={n}", f"/img/list{n}.jpg", nxt + album)
+    for n in range(1, album_chain + 1):
+        page(f"/album/{n}", f"/img/album{n}.jpg", f'</head><body><a href="/album/{n + 1}">Album {n + 1}</a>')
+    return files
+
+
+def test_pagination_is_followed_to_the_end_and_detail_links_to_their_depth(tmp_path):
+    site = LocalSite(long_gallery(pages=30, album_chain=6)).start()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/list/?page=1')}",
+                           settings={"IMGCRAWL_DETAIL_DEPTH": 2, "IMAGES_THUMBS": "{}"})
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    # 30 pages in a rel=next chain: all crawled (DEPTH_LIMIT-style counting would stop early).
+    assert all(site.hits[f"/list/?page={n}"] == 1 for n in range(1, 31))
+    # Album links: two hops from the listing, no further.
+    assert [site.hits[f"/album/{n}"] for n in range(1, 7)] == [1, 1, 0, 0, 0, 0]
+    stored = {line["url"] for line in result.manifest() if line["status"] == "downloaded"}
+    assert len(stored) == 32

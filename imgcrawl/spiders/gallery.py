@@ -168,6 +168,7 @@ class GallerySpider(scrapy.Spider):
             # Settings freeze only after the spider is built, so the profile's per-site
             # settings still apply; -s on the command line (higher priority) wins.
             crawler.settings.setdict(spider.profile.settings, priority="spider")
+        spider.detail_depth = crawler.settings.getint("IMGCRAWL_DETAIL_DEPTH", 3)
         if distributed.redis_url(crawler.settings):
             # The shared frontier holds pages of every worker's sites: no offsite filter
             # from this worker's own start URLs; links are followed within each page's site.
@@ -252,13 +253,17 @@ class GallerySpider(scrapy.Spider):
                 title=candidate.title,
             )
         pages = list(self.next_pages(response))
+        hops = response.meta.get("detail_hops", 0)
         details = [u for u in self.detail_pages(response) if u not in pages]
-        # Pagination first (higher priority) so every listing page is found early.
+        if hops >= self.detail_depth:
+            details = []
+        # Pagination first (higher priority) so every listing page is found early; it stays
+        # at the same detail depth, so long galleries are crawled to the end.
         for url in pages:
-            request = self.page_request(url, priority=1)
+            request = self.page_request(url, priority=1, meta={"detail_hops": hops})
             if request:
                 yield request
         for url in details:
-            request = self.page_request(url)
+            request = self.page_request(url, meta={"detail_hops": hops + 1})
             if request:
                 yield request
