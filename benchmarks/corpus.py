@@ -93,7 +93,7 @@ def make_small(n: int) -> tuple[str, bytes]:
     rng = random.Random(f"small-{n}")
     width = rng.randrange(160, 321)
     height = int(width * rng.choice((0.75, 1.333, 1.0)))
-    return "jpg", _encode(_photo(rng, (width, height), 0.2), "JPEG", quality=85)
+    return "jpg", _encode(_photo(rng, (width, height), 0.14), "JPEG", quality=85)
 
 
 def _write(args: tuple[str, int, Path]) -> dict:
