@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field, replace
@@ -151,9 +151,10 @@ def contender_command(name: str, base: str, urls_file: Path, corpus: Path,
             cmd += ["-s", setting]
         return cmd, REPO, env
     if name == "stock":
-        # Run outside the project (no scrapy.cfg in cwd): Scrapy's own defaults apply.
+        # Run outside the project: Scrapy looks for scrapy.cfg in every parent of the cwd, and
+        # finding ours would give stock Scrapy imgcrawl's tuned settings.
         return ([PY, "-m", "scrapy", "runspider", str(BENCH / "stock_spider.py"), "-a", f"url={gallery}",
-                 "-s", f"IMAGES_STORE={out}"], out.parent, env)
+                 "-s", f"IMAGES_STORE={out}"], Path(tempfile.mkdtemp(prefix="stock-")), env)
     if name.startswith("floor-"):
         return ([PY, str(BENCH / "floor.py"), str(corpus), str(urls_file), str(out),
                  "--decode", name.split("-", 1)[1]], out.parent, env)
