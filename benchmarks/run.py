@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -104,7 +104,6 @@ class Measured:
     cpu_percent: float = 0.0
     max_rss_mb: float = 0.0  # largest single process (what /usr/bin/time -v reports)
     tree_rss_mb: float = 0.0  # peak sum over the process tree (sampled every 0.1 s)
-    extra: dict = field(default_factory=dict)
 
 
 def measure(cmd: list[str], cwd: Path, env: dict, log: Path, timeout: float) -> Measured:
@@ -187,6 +186,8 @@ def run_workload(w: Workload, contenders: list[str], args: argparse.Namespace) -
             server.reset()
             print(f"[{w.name}] {name}: {len(expected)} images ...", flush=True)
             m = measure(cmd, cwd, env, root / f"{name}.log", args.timeout)
+            if name == "stock":
+                shutil.rmtree(cwd, ignore_errors=True)  # its throwaway working directory
             verdict = verify(out, expected)
             net = server.stats()
             row = {
