@@ -51,6 +51,10 @@ DNSCACHE_ENABLED = True
 DNSCACHE_SIZE = 10_000
 # CDNs redirect image URLs (http->https, signed URLs); without this a redirect is a failure.
 MEDIA_ALLOW_REDIRECTS = True
+# Pages whose items wait for the pipeline's in-flight bound stay in the scraper; Scrapy's 5 MB
+# default lets ~800 gallery pages' items wait at once (peak RSS 261 MB on a 20,000-photo crawl
+# vs 132 MB with this, same speed): memory stays flat however long the gallery.
+SCRAPER_SLOT_MAX_ACTIVE_SIZE = 100_000
 # Crawl breadth-first so pagination fans out and the image queue fills early.
 DEPTH_PRIORITY = 1
 SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
