@@ -17,6 +17,7 @@ Glue only: Pillow work is in :mod:`imgcrawl.imaging`, the "already stored?" inde
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -181,10 +182,22 @@ def store_path(root: Path, relative: str) -> Path:
         raise ImageFailed("bad-path", f"NUL in path {relative!r}")
     if any(len(part.encode()) > NAME_MAX for part in PurePosixPath(relative).parts):
         raise ImageFailed("bad-path", f"a name in {relative[:80]!r}... is over {NAME_MAX} bytes")
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()):
+    parent, _, name = relative.rpartition("/")
+    if name in ("", ".", ".."):
+        raise ImageFailed("bad-path", f"{relative!r} does not name a file")
+    # Resolving costs a syscall per path component; the directories are few (full/,
+    # thumbs/<name>/), so each is resolved once. A symlinked leaf is harmless: files are
+    # written by rename, which replaces the link, never its target.
+    directory = _resolved_inside(root, parent)
+    if directory is None:
         raise ImageFailed("bad-path", f"{relative!r} is outside the image store")
-    return target
+    return directory / name
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_inside(root: Path, parent: str) -> Path | None:
+    directory = (root / parent).resolve()
+    return directory if directory.is_relative_to(root.resolve()) else None
 
 
 def repair_jsonl(path: Path) -> bool:
