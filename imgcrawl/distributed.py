@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from urllib.parse import urlsplit
 
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, NotConfigured, ScrapyDeprecationWarning
+
+from imgcrawl.extract import is_absolute_http
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ class RedisStartUrls:
     def spider_idle(self, spider) -> None:
         urls = self.pop_start_urls()
         for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            if not is_absolute_http(url):
                 logger.warning("Start URL %r from Redis list %r ignored: need an absolute http(s) URL",
                                url, self.key)
                 self.crawler.stats.inc_value("imgcrawl/failed/bad-start-url")

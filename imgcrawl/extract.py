@@ -153,6 +153,12 @@ def is_placeholder(url: str) -> bool:
     return bool(_PLACEHOLDER_RE.search(name + ".")) or name.split(".")[0].lower() in _PLACEHOLDER_STEMS
 
 
+def is_absolute_http(url: str) -> bool:
+    """An absolute http(s) URL with a host: what a start URL must be."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def is_image_url(url: str) -> bool:
     """Does the URL's path end in an image file extension?"""
     path = urlsplit(url).path.lower()

@@ -39,8 +39,7 @@ def parse_urls(value: str | None, example: str) -> list[str]:
         raise BadArgument(missing_url(example))
     urls = [u.strip() for u in value.split(",") if u.strip()]
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not extract.is_absolute_http(url):
             raise BadArgument(
                 f"bad -a url={url!r}: need an absolute http(s) URL, e.g. {example}"
             )
