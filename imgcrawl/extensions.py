@@ -25,6 +25,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 from imgcrawl import contact_sheet
+from imgcrawl.pipelines import fill_feed_uri
 
 logger = logging.getLogger(__name__)
 
@@ -135,18 +136,10 @@ class Progress:
             f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(self.failures.items())
         ]
         lines.append(f"  originals: {store / 'full'}  thumbnails: {store / 'thumbs'}")
-        feeds = [feed_path(uri, store, spider) for uri in settings.getdict("FEEDS")]
+        feeds = [fill_feed_uri(uri, store, spider.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:
             lines.append(f"  manifest: {', '.join(feeds)}")
         return "\n".join(lines)
-
-
-def feed_path(uri: str, store: Path, spider) -> str:
-    """A FEEDS key as a person would type it (our ``%(images_store)s`` filled in)."""
-    try:
-        return uri % {"images_store": store, "name": spider.name}
-    except (KeyError, ValueError, TypeError):
-        return uri
 
 
 class ContactSheet:

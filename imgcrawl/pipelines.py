@@ -222,15 +222,24 @@ def repair_jsonl(path: Path) -> bool:
         return True
 
 
+def fill_feed_uri(uri: str, images_store, name: str | None = None) -> str | None:
+    """A FEEDS key with ``%(images_store)s`` (and ``%(name)s`` if given) filled in; None
+    when it needs parameters only known during the crawl (``%(time)s`` ...)."""
+    params = {"images_store": images_store, **({"name": name} if name else {})}
+    try:
+        return str(uri) % params
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def local_jsonl_feeds(settings) -> list[Path]:
     """The local JSON-lines feeds (the manifest) whose paths are known before the crawl."""
     paths = []
     for uri, options in settings.getdict("FEEDS").items():
         if (options or {}).get("format") not in ("jsonlines", "jl"):
             continue
-        try:
-            uri = str(uri) % {"images_store": settings.get("IMAGES_STORE")}
-        except (KeyError, ValueError, TypeError):
+        uri = fill_feed_uri(uri, settings.get("IMAGES_STORE"))
+        if uri is None:
             continue  # depends on %(time)s etc.: a new file each crawl
         if "://" not in uri or uri.startswith("file://"):
             paths.append(Path(uri.removeprefix("file://")))
