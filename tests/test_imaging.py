@@ -158,3 +158,29 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     imaging.atomic_write(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["b.bin"]  # no temp files left
+
+
+def test_small_upright_jpeg_is_its_own_thumbnail(tmp_path):
+    data = encode(gradient((200, 150)), "JPEG", quality=90)
+    facts, thumbs = run(tmp_path, data)
+    assert (tmp_path / "small.jpg").read_bytes() == data  # not re-encoded: no generation loss
+    assert facts["thumbs"] == {"small": [200, 150]}
+    # ... but not when it needs rotating, is too big for a box, or is not a JPEG.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for other, thumbs_ in [
+        (encode(gradient((200, 150)), "JPEG", exif=exif), None),
+        (data, {"small": (256, 256), "tiny": (64, 64)}),
+        (encode(gradient((200, 150)), "PNG"), None),
+    ]:
+        facts, made = run(tmp_path, other, thumbs_)
+        assert (tmp_path / "small.jpg").read_bytes() != other
+        assert made["small"].format == "JPEG"
+    assert facts["thumbs"] == {"small": [200, 150]}
+
+
+def test_truncated_small_jpeg_is_refused_not_kept_as_thumbnail(tmp_path):
+    data = encode(gradient((200, 150)), "JPEG")
+    with pytest.raises(imaging.ImageError) as info:
+        run(tmp_path, data[: len(data) // 2])
+    assert info.value.reason == "undecodable"
