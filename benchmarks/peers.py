@@ -4,7 +4,8 @@ fetch it, store the original bytes, write one 256 px JPEG thumbnail.
 ``python benchmarks/peers.py RECIPE URLS_FILE OUT_DIR [--limit N]`` with RECIPE one of
 ``get`` (``requests.get`` per image), ``session`` (one ``requests.Session``), ``threadpool``
 (``ThreadPoolExecutor(32)``, a Session per thread), ``aiohttp`` (one ``ClientSession``,
-``asyncio.gather`` at 32 connections). They get the image URL list directly: no crawling.
+``asyncio.gather`` at 32 connections, or ``--connections N``). They get the image URL list
+directly: no crawling.
 Files are named as Scrapy names them (``full/<sha1 of url>.<ext>``,
 ``thumbs/small/<sha1 of url>.jpg``) so one verifier checks every contender.
 """
@@ -64,7 +65,7 @@ def run_threadpool(urls: list[str], out: Path) -> None:
             pass
 
 
-def run_aiohttp(urls: list[str], out: Path) -> None:
+def run_aiohttp(urls: list[str], out: Path, connections: int = CONNECTIONS) -> None:
     import aiohttp
 
     async def fetch(session: aiohttp.ClientSession, url: str) -> None:
@@ -73,7 +74,7 @@ def run_aiohttp(urls: list[str], out: Path) -> None:
         save(url, body, out)  # the recipe processes inline, on the event loop
 
     async def main() -> None:
-        connector = aiohttp.TCPConnector(limit=CONNECTIONS)
+        connector = aiohttp.TCPConnector(limit=connections)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             await asyncio.gather(*(fetch(session, u) for u in urls))
@@ -90,11 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("urls", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--limit", type=int, help="only the first N URLs (slow serial recipes)")
+    parser.add_argument("--connections", type=int, help="aiohttp's connection limit (default 32)")
     args = parser.parse_args(argv)
     urls = args.urls.read_text().split()[: args.limit]
     (args.out / "full").mkdir(parents=True, exist_ok=True)
     (args.out / "thumbs" / "small").mkdir(parents=True, exist_ok=True)
-    RECIPES[args.recipe](urls, args.out)
+    if args.connections:
+        run_aiohttp(urls, args.out, args.connections)
+    else:
+        RECIPES[args.recipe](urls, args.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ PY = sys.executable
 # W1x10 is long: by default only the contenders that finish it in minutes.
 DEFAULT_CONTENDERS = {
     "W1": ["imgcrawl", "stock", "get", "session", "threadpool", "aiohttp", "floor-draft", "floor-full"],
-    "W2": ["imgcrawl", "stock", "get", "session", "threadpool", "aiohttp", "floor-draft"],
+    "W2": ["imgcrawl", "stock", "get", "session", "threadpool", "aiohttp", "aiohttp-equal", "floor-draft"],
     "W1x10": ["imgcrawl", "threadpool", "floor-draft"],
 }
 SERIAL = {"get", "session"}  # run on a URL prefix: at one image per round trip they take minutes
@@ -156,6 +156,9 @@ def contender_command(name: str, base: str, urls_file: Path, corpus: Path,
     if name.startswith("floor-"):
         return ([PY, str(BENCH / "floor.py"), str(corpus), str(urls_file), str(out),
                  "--decode", name.split("-", 1)[1]], out.parent, env)
+    if name == "aiohttp-equal":  # aiohttp at imgcrawl's per-host connection count
+        return ([PY, str(BENCH / "peers.py"), "aiohttp", str(urls_file), str(out), "--connections",
+                 str(imgcrawl_concurrency(dict(s.split("=", 1) for s in args.set)))], out.parent, env)
     cmd = [PY, str(BENCH / "peers.py"), name, str(urls_file), str(out)]
     if name in SERIAL:
         cmd += ["--limit", str(args.prefix)]
@@ -234,6 +237,8 @@ def table(results: dict) -> str:
     per_cpu = {n: r["images_per_s"] * 100 / r["cpu_percent"] if r["cpu_percent"] else 0 for n, r in rows.items()}
     for name, r in rows.items():
         label = f"{name} (first {r['images']} URLs)" if r["prefix"] else name
+        if name == "aiohttp-equal":
+            label = f"aiohttp ({results['network_bound']['imgcrawl_concurrency']} connections, as imgcrawl)"
         other = name != "imgcrawl" and ours
         ratio = f"{ours / r['images_per_s']:.2f}×" if other and r["images_per_s"] else ""
         cpu_ratio = f"{per_cpu['imgcrawl'] / per_cpu[name]:.2f}×" if other and per_cpu[name] else ""

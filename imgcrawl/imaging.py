@@ -61,6 +61,9 @@ class ImageError(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # pickled back from worker processes with reason and detail intact
+        return ImageError, (self.reason, self.detail)
+
 
 @dataclass
 class ImageFacts:

@@ -25,8 +25,6 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,13 +47,12 @@ from scrapy.pipelines.images import ImagesPipeline
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import referer_str
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredSemaphore
-from twisted.python.failure import Failure
+from twisted.internet.defer import DeferredSemaphore
 
 from imgcrawl import imaging
 from imgcrawl.index import RedisIndex, SQLiteIndex
 from imgcrawl.middlewares import BlockedRequest
+from imgcrawl.workerpool import BatchingThread, ProcessWorkers, ThreadWorkers
 
 # Scrapy logs any other media exception again at ERROR with a traceback; a failure we have
 # already explained in one WARNING line is passed as a "filtered" one, which it keeps quiet.
@@ -274,21 +271,6 @@ class LocalStore(FSFilesStore):
             pass
 
 
-def _run_in(executor: Executor, fn, *args) -> Deferred:
-    """Submit to a thread or process pool; the Deferred fires back on the reactor thread."""
-    d: Deferred = Deferred()
-
-    def done(future: Future) -> None:
-        exc = future.exception()
-        if exc is not None:
-            reactor.callFromThread(d.errback, Failure(exc))
-        else:
-            reactor.callFromThread(d.callback, future.result())
-
-    executor.submit(fn, *args).add_done_callback(done)
-    return d
-
-
 class GalleryImagesPipeline(ImagesPipeline):
     LOG_FAILED_RESULTS = False  # media_failed already said it, once
     DEFAULT_IMAGES_RESULT_FIELD = "images"
@@ -300,18 +282,15 @@ class GalleryImagesPipeline(ImagesPipeline):
         settings = crawler.settings
         self.thumbs = parse_thumbs(settings.get("IMAGES_THUMBS", self.THUMBS))
         self.max_pixels = settings.getint("IMGCRAWL_MAX_PIXELS", imaging.DEFAULT_MAX_PIXELS)
-        workers = settings.getint("IMGCRAWL_WORKERS", 0) or os.cpu_count() or 2
-        pool_kind = settings.get("IMGCRAWL_WORKER_POOL", "process")
-        if pool_kind == "process":
-            # spawn, not fork: forking a process that runs a reactor and threads is unsafe.
-            self.workers: Executor = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
-        elif pool_kind == "thread":
-            self.workers = ThreadPoolExecutor(workers, thread_name_prefix="imgcrawl-image")
-        else:
+        self.worker_count = settings.getint("IMGCRAWL_WORKERS", 0) or os.cpu_count() or 2
+        pools = {"process": ProcessWorkers, "thread": ThreadWorkers}
+        self.worker_pool = pools.get(settings.get("IMGCRAWL_WORKER_POOL", "process"))
+        if self.worker_pool is None:
             raise BadSetting(
-                f"IMGCRAWL_WORKER_POOL={pool_kind!r}: use 'process' or 'thread', "
-                "e.g. -s IMGCRAWL_WORKER_POOL=thread"
+                f"IMGCRAWL_WORKER_POOL={settings.get('IMGCRAWL_WORKER_POOL')!r}: use 'process' "
+                "or 'thread', e.g. -s IMGCRAWL_WORKER_POOL=thread"
             )
+        self.workers: ProcessWorkers | ThreadWorkers | None = None
         max_inflight = settings.getint(
             "IMGCRAWL_MAX_INFLIGHT", 2 * settings.getint("CONCURRENT_REQUESTS")
         )
@@ -324,7 +303,7 @@ class GalleryImagesPipeline(ImagesPipeline):
         self.index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
         self.index: SQLiteIndex | RedisIndex | None = None
         self.store_failed = False
-        self.index_thread = ThreadPoolExecutor(1, thread_name_prefix="imgcrawl-index")
+        self.index_thread = BatchingThread("imgcrawl-index")
         self.thumbs_signature = json.dumps(sorted(self.thumbs.items()))
         self.max_images = settings.getint("IMGCRAWL_MAX_IMAGES", 0)
         self.max_bytes = settings.getint("IMGCRAWL_MAX_BYTES", 0)
@@ -341,6 +320,7 @@ class GalleryImagesPipeline(ImagesPipeline):
 
     def open_spider(self, spider=None) -> None:
         super().open_spider()
+        self.workers = self.worker_pool(self.worker_count)
         self.spiderinfo.downloaded = _RecentResults(self.RECENT_RESULTS)
         if self.redis_url:
             # Distributed: every worker must see what any worker has stored.
@@ -364,11 +344,10 @@ class GalleryImagesPipeline(ImagesPipeline):
         logger.error("imgcrawl: %s", STORE_FAILURES[reason].format(root=self.local_root, detail=detail))
         return True
 
-    def close_spider(self, spider=None) -> None:
-        self.workers.shutdown(wait=True)
-        if self.index is not None:
-            self.index_thread.submit(self.index.close).result()
-        self.index_thread.shutdown(wait=True)
+    async def close_spider(self, spider=None) -> None:
+        if self.workers is not None:
+            await maybe_deferred_to_future(self.workers.close())
+        self.index_thread.close(self.index.close if self.index is not None else None)
 
     async def process_item(self, item, spider=None):
         # Back-pressure: media downloads skip CONCURRENT_REQUESTS, so bound them here.
@@ -404,7 +383,7 @@ class GalleryImagesPipeline(ImagesPipeline):
         """Already stored, fresh and complete? Then no download: one lookup, a few stats."""
         if self.quota_reason:
             raise ImageFailed("quota", self.quota_reason)
-        found = await maybe_deferred_to_future(_run_in(self.index_thread, self.index.get, request.url))
+        found = await maybe_deferred_to_future(self.index_thread.call(self.index.get, request.url))
         if not found:
             return None
         record, stored_at = found
@@ -426,14 +405,14 @@ class GalleryImagesPipeline(ImagesPipeline):
         original = str(store_path(self.local_root, record["path"]))
         try:
             facts = await maybe_deferred_to_future(
-                _run_in(self.workers, imaging.rethumb, original, jobs, self.max_pixels)
+                self.workers.submit("rethumb", original, jobs, self.max_pixels)
             )
         except imaging.ImageError as exc:
             raise ImageFailed(exc.reason, exc.detail) from None
         self.crawler.stats.inc_value("imgcrawl/rethumbed")
         record = {**record, "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]},
                   "thumbs_signature": self.thumbs_signature}
-        await maybe_deferred_to_future(_run_in(self.index_thread, self.index.put, request.url, record))
+        await maybe_deferred_to_future(self.index_thread.call(self.index.put, request.url, record))
         return record
 
     async def media_downloaded(self, response, request, info, *, item=None):
@@ -472,7 +451,7 @@ class GalleryImagesPipeline(ImagesPipeline):
             "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]},
             "thumbs_signature": self.thumbs_signature,
         }
-        kept = await maybe_deferred_to_future(_run_in(self.index_thread, self._record_once, record))
+        kept = await maybe_deferred_to_future(self.index_thread.call(self._record_once, record))
         if kept["path"] != record["path"]:
             stats.inc_value("imgcrawl/duplicate_content")
         return {**kept, "status": status}
@@ -517,7 +496,7 @@ class GalleryImagesPipeline(ImagesPipeline):
         }
         try:
             return await maybe_deferred_to_future(
-                _run_in(self.workers, imaging.process_image, body, original, jobs, self.max_pixels)
+                self.workers.submit("process_image", body, original, jobs, self.max_pixels)
             )
         except imaging.ImageError as exc:
             raise ImageFailed(exc.reason, exc.detail) from None
