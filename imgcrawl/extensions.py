@@ -171,7 +171,8 @@ class ContactSheet:
         self.buffer = tempfile.TemporaryFile("w+", encoding="utf-8", prefix="imgcrawl-sheet-")
 
     def item_scraped(self, item, response, spider) -> None:
-        self.buffer.write(json.dumps(contact_sheet.record_for(ItemAdapter(item).asdict())) + "\n")
+        # record_for reads a few fields: no need for asdict()'s deep copy of the whole item.
+        self.buffer.write(json.dumps(contact_sheet.record_for(ItemAdapter(item))) + "\n")
 
     async def spider_closed(self, spider, reason: str) -> None:
         if self.buffer is None or not self.buffer.tell():
