@@ -292,7 +292,9 @@ class GalleryImagesPipeline(ImagesPipeline):
             )
         self.workers: ProcessWorkers | ThreadWorkers | None = None
         max_inflight = settings.getint(
-            "IMGCRAWL_MAX_INFLIGHT", 2 * settings.getint("CONCURRENT_REQUESTS")
+            # Below CONCURRENT_REQUESTS: the engine fetches no page while the downloader holds
+            # that many requests, so images filling it would starve the crawl of new pages.
+            "IMGCRAWL_MAX_INFLIGHT", settings.getint("CONCURRENT_REQUESTS") // 2
         )
         self.inflight = DeferredSemaphore(max(1, max_inflight))
         if not isinstance(self.store, FSFilesStore):
