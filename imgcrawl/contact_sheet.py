@@ -37,52 +37,56 @@ def record_for(item: dict) -> dict:
     }
 
 
-def _group_in_order(records: Iterable[dict]) -> list[dict]:
-    """Stored images grouped by the page they were found on, pages in crawl order."""
-    groups: dict[str, list[dict]] = {}
-    for record in records:
-        groups.setdefault(record["g"], []).append(record)
-    return [r for group in groups.values() for r in group]
-
-
 def _script_json(value) -> str:
     # "<" escaped so no string in the data can close the <script> element.
     return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def render(records: Iterable[dict], title: str) -> str:
-    stored, failed = [], []
-    for record in records:
-        (failed if record["s"] == "failed" else stored).append(record)
-    stored = _group_in_order(stored)
-    failures = "".join(
+def _failures_block(listed: list[dict], failed: int) -> str:
+    if not failed:
+        return ""
+    items = "".join(
         f'<li><a href="{html.escape(r["u"] or "")}">{html.escape(r["u"] or "")}</a>'
         f' <b>{html.escape(r["r"] or "failed")}</b>'
         + (f' on <a href="{html.escape(r["g"])}">{html.escape(r["g"])}</a>' if r["g"] else "")
         + "</li>"
-        for r in failed[:MAX_FAILURES_LISTED]
+        for r in listed
     )
-    if len(failed) > MAX_FAILURES_LISTED:
-        failures += f"<li>… and {len(failed) - MAX_FAILURES_LISTED} more: see the manifest (status failed)</li>"
-    failures_block = (
-        f'<details id="failures"><summary>{len(failed)} failed</summary><ul>{failures}</ul></details>'
-        if failed else ""
-    )
-    return (
-        TEMPLATE.replace("{{title}}", html.escape(title))
-        .replace("{{count}}", f"{len(stored)} images")
-        .replace("{{failures}}", failures_block)
-        .replace("{{page_size}}", str(PAGE_SIZE))
-        .replace("{{data}}", _script_json(stored))
-    )
+    if failed > len(listed):
+        items += f"<li>… and {failed - len(listed)} more: see the manifest (status failed)</li>"
+    return f'<details id="failures"><summary>{failed} failed</summary><ul>{items}</ul></details>'
 
 
 def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
-    """Render and write atomically (a reader never sees half a sheet)."""
+    """Write the sheet atomically (a reader never sees half a sheet). ``records`` is read
+    twice (counts and failures first, then the images streamed out one by one), so memory
+    stays flat however long the crawl; the page groups are formed in the browser."""
     path = Path(path)
+    stored = failed = 0
+    listed: list[dict] = []
+    for record in records:
+        if record["s"] != "failed":
+            stored += 1
+            continue
+        failed += 1
+        if len(listed) < MAX_FAILURES_LISTED:
+            listed.append(record)
+    head, tail = TEMPLATE.split("{{data}}")
+    head = (
+        head.replace("{{title}}", html.escape(title))
+        .replace("{{count}}", f"{stored} images")
+        .replace("{{failures}}", _failures_block(listed, failed))
+    )
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(render(records, title), encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write(head + "[")
+            separator = ""
+            for record in records:
+                if record["s"] != "failed":
+                    out.write(separator + _script_json(record))
+                    separator = ","
+            out.write("]" + tail.replace("{{page_size}}", str(PAGE_SIZE)))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written file behind
@@ -117,7 +121,13 @@ h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:bre
 <script id="data" type="application/json">{{data}}</script>
 <script>
 "use strict";
-const images = JSON.parse(document.getElementById("data").textContent);
+// Stored images grouped by the page they were found on, pages in crawl order.
+const groups = new Map();
+for (const im of JSON.parse(document.getElementById("data").textContent)) {
+  const group = groups.get(im.g);
+  group ? group.push(im) : groups.set(im.g, [im]);
+}
+const images = Array.from(groups.values()).flat();
 const pageSize = {{page_size}};
 const pages = Math.max(1, Math.ceil(images.length / pageSize));
 const sheet = document.getElementById("sheet");

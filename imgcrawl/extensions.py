@@ -188,6 +188,16 @@ class ContactSheet:
             logger.info("Contact sheet: %s", path.as_uri(), extra={"spider": spider})
 
     def write(self, title: str) -> Path:
-        with self.buffer as lines:
-            lines.seek(0)
-            return contact_sheet.write((json.loads(line) for line in lines), self.path, title)
+        with self.buffer:
+            return contact_sheet.write(_Records(self.buffer), self.path, title)
+
+
+class _Records:
+    """The buffered records, read from the start each time they are iterated."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __iter__(self):
+        self.lines.seek(0)
+        return (json.loads(line) for line in self.lines)

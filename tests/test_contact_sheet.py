@@ -107,23 +107,30 @@ def test_contact_sheet_with_20000_images_stays_light(tmp_path, browser):
         for n in range(20_000)
     ]
     records.append(contact_sheet.record_for({"url": "https://example.com/x", "status": "failed", "reason": "http-404"}))
+    # An image of the first page that finished last is shown with its page, not at the end.
+    records.append(contact_sheet.record_for({
+        "url": "https://example.com/img/late.jpg", "page_url": "https://example.com/page/0",
+        "status": "downloaded", "path": "full/late.jpg", "thumbs": {"small": "thumbs/t.jpg"},
+    }))
     sheet = contact_sheet.write(records, store / "index.html", "big </script> crawl")
     started = time.monotonic()
     page = open_sheet(browser, sheet, [])
     page.wait_for_function("document.querySelectorAll('main img').length > 0", timeout=20_000)
     print(f"20,000-image sheet: {sheet.stat().st_size / 1e6:.1f} MB, shown in {time.monotonic() - started:.2f} s")
-    pages = -(-20_000 // contact_sheet.PAGE_SIZE)
-    assert page.inner_text("#count") == "20000 images"
+    pages = -(-20_001 // contact_sheet.PAGE_SIZE)
+    assert page.inner_text("#count") == "20001 images"
     assert page.inner_text("#where") == f"page 1 of {pages}"
     assert page.locator("main img").count() == contact_sheet.PAGE_SIZE
     assert page.title() == "big </script> crawl"  # the data cannot break out of its <script>
     assert page.locator("main img").first.get_attribute("alt") == "<b>photo</b> 0"
+    assert page.locator("main .grid").first.locator("a").count() == 51  # page/0's 50 + the late one
+    assert page.locator("main .grid a").nth(50).get_attribute("href") == "full/late.jpg"
     page.click("#next")
     assert page.inner_text("#where") == f"page 2 of {pages}"
-    assert page.locator("main a").first.get_attribute("href") == f"full/{contact_sheet.PAGE_SIZE}.jpg"
+    assert page.locator("main a").first.get_attribute("href") == f"full/{contact_sheet.PAGE_SIZE - 1}.jpg"
     page.goto(f"{sheet.as_uri()}#page={pages}")
     page.wait_for_function(f"document.getElementById('where').textContent === 'page {pages} of {pages}'")
-    last = 20_000 - (pages - 1) * contact_sheet.PAGE_SIZE
+    last = 20_001 - (pages - 1) * contact_sheet.PAGE_SIZE
     assert page.locator("main img").count() == last
     assert page.locator("main a").last.get_attribute("href") == "full/19999.jpg"
     assert page.locator("main h2").last.inner_text() == "https://example.com/page/399"
