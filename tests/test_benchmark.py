@@ -93,14 +93,15 @@ def test_tiny_run_verifies_every_contender(tmp_path):
     """One run of the real runner on 20 images: each contender's output checked by content."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run.py"), "W1", "--images", "20", "--prefix", "5",
-         "--out", str(tmp_path), "--only", "imgcrawl,stock,session,threadpool,aiohttp,aiohttp-equal,floor-draft",
+         "--out", str(tmp_path), "--only",
+         "imgcrawl,imgcrawl-aiohttp,stock,session,threadpool,aiohttp,aiohttp-equal,floor-draft",
          "--set", "CONCURRENT_REQUESTS_PER_DOMAIN=3", "--timeout", "150"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "W1" / "results.json").read_text())
     rows = results["contenders"]
-    for name in ("imgcrawl", "session", "threadpool", "aiohttp", "aiohttp-equal", "floor-draft"):
+    for name in ("imgcrawl", "imgcrawl-aiohttp", "session", "threadpool", "aiohttp", "aiohttp-equal", "floor-draft"):
         assert rows[name]["verified"], (name, rows[name]["verify"])
         assert rows[name]["returncode"] == 0
     assert rows["session"]["images"] == 5 and rows["session"]["connections"] == 1
@@ -110,7 +111,7 @@ def test_tiny_run_verifies_every_contender(tmp_path):
     # Stock re-encodes every original: present, thumbnails fine, none byte-exact (reported, by design).
     assert rows["stock"]["verify"] == "originals 20/20 present, 0/20 byte-exact; thumbs 20/20"
     # imgcrawl crawled the page (and robots.txt) rather than being handed the URLs.
-    assert rows["imgcrawl"]["requests"] == 22
+    assert rows["imgcrawl"]["requests"] == rows["imgcrawl-aiohttp"]["requests"] == 22
     assert "| imgcrawl | 20 |" in proc.stdout
 
     # The verifier notices a changed original and a missing thumbnail.
