@@ -62,6 +62,8 @@ def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
     twice (counts and failures first, then the images streamed out one by one), so memory
     stays flat however long the crawl; the page groups are formed in the browser."""
     path = Path(path)
+    if iter(records) is records:  # a one-shot iterator cannot be read twice: hold it
+        records = list(records)
     stored = failed = 0
     listed: list[dict] = []
     for record in records:

@@ -203,14 +203,14 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     runs twice per image. The random temp name is unique across processes and machines
     sharing a store.
     """
-    path = os.fspath(path)
-    directory, _, name = path.rpartition("/")
-    tmp = f"{directory}/.tmp-{os.urandom(6).hex()}-{name}"
+    directory, name = os.path.split(os.fspath(path))
+    # Short (a name near NAME_MAX must still get a temp name), with the file's extension.
+    tmp = os.path.join(directory, f".tmp-{os.urandom(6).hex()}{os.path.splitext(name)[1][:16]}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(tmp, flags, 0o644)
     except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory or ".", exist_ok=True)
         fd = os.open(tmp, flags, 0o644)
     try:
         with memoryview(data) as view:
@@ -218,7 +218,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
                 view = view[os.write(fd, view):]
         os.close(fd)
         fd = -1
-        os.replace(tmp, path)
+        os.replace(tmp, os.fspath(path))
     except BaseException:
         if fd >= 0:
             os.close(fd)
