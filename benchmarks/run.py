@@ -138,6 +138,11 @@ def measure(cmd: list[str], cwd: Path, env: dict, log: Path, timeout: float) -> 
     return result
 
 
+def setting_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--set NAME=VALUE`` settings given to imgcrawl."""
+    return dict(s.split("=", 1) for s in args.set)
+
+
 def imgcrawl_concurrency(overrides: dict[str, str]) -> int:
     from imgcrawl import settings
 
@@ -166,7 +171,7 @@ def contender_command(name: str, base: str, urls_file: Path, corpus: Path,
                  "--decode", name.split("-", 1)[1]], out.parent, env)
     if name == "aiohttp-equal":  # aiohttp at imgcrawl's per-host connection count
         return ([PY, str(BENCH / "peers.py"), "aiohttp", str(urls_file), str(out), "--connections",
-                 str(imgcrawl_concurrency(dict(s.split("=", 1) for s in args.set)))], out.parent, env)
+                 str(imgcrawl_concurrency(setting_overrides(args)))], out.parent, env)
     cmd = [PY, str(BENCH / "peers.py"), name, str(urls_file), str(out)]
     if name in SERIAL:
         cmd += ["--limit", str(args.prefix)]
@@ -181,7 +186,7 @@ def run_workload(w: Workload, contenders: list[str], args: argparse.Namespace) -
     root = args.out / w.name
     root.mkdir(parents=True, exist_ok=True)
     results: dict = {"workload": w.__dict__, "load_before": os.getloadavg(), "contenders": {}}
-    overrides = dict(s.split("=", 1) for s in args.set)
+    overrides = setting_overrides(args)
     with Server(w, corpus) as server:
         urls = server.call("/__urls").decode().split()
         urls_file = root / "urls.txt"

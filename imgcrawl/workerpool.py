@@ -29,8 +29,9 @@ from imgcrawl.worker import HEADER, JOBS, READY, frame
 
 logger = logging.getLogger(__name__)
 
-# Jobs written ahead to each worker: one running, one waiting in its pipe, so a worker
-# never idles between jobs and the rest wait here, where any worker can take them.
+# Jobs written ahead to each worker, so it never idles while the busy reactor gets round
+# to feeding it (W1: 159 images/s at 2, 176 at 4, 174 at 8); the rest wait here, where
+# whichever worker is free first takes them.
 DEPTH = 4
 
 
@@ -82,7 +83,7 @@ class _Worker(protocol.ProcessProtocol):
                 ok, value = message
                 d = self.pending.popleft()
                 d.callback(value) if ok else d.errback(Failure(value))
-            self.pool._feed(self)
+            self.pool._dispatch()
 
     def processEnded(self, reason: Failure) -> None:
         detail = f"image worker exited ({reason.value})"
@@ -123,15 +124,15 @@ class ProcessWorkers:
             d.errback(Failure(WorkerCrashed(self.broken)))
             return d
         self.queue.append((frame((name, args)), d))
+        self._dispatch()
+        return d
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to the least busy workers, up to DEPTH each."""
         while self.queue and self.workers:
             worker = min(self.workers, key=lambda w: len(w.pending))
             if len(worker.pending) >= DEPTH:
-                break
-            worker.send(*self.queue.popleft())
-        return d
-
-    def _feed(self, worker: _Worker) -> None:
-        if self.queue and len(worker.pending) < DEPTH:
+                return
             worker.send(*self.queue.popleft())
 
     def _ended(self, worker: _Worker, detail: str) -> None:
@@ -148,8 +149,7 @@ class ProcessWorkers:
             return
         logger.warning("imgcrawl: %s; its images fail as worker-crashed; starting another", detail)
         self._spawn()
-        for _ in range(DEPTH):
-            self._feed(self.workers[-1])
+        self._dispatch()
 
     def close(self, timeout: float = 30) -> Deferred:
         """Workers finish their jobs and exit (stdin closed); killed after ``timeout`` s."""
