@@ -173,11 +173,11 @@ def report_failure(crawler, what: str, request, exc: BaseException) -> str:
     return reason
 
 
-def store_path(root: Path, relative: str) -> Path:
-    """``root/relative``, refusing anything that would land outside ``root``."""
+def store_path(root: Path, relative: str) -> str:
+    """``root/relative`` as a string, refusing anything that would land outside ``root``."""
     if "\x00" in relative:
         raise ImageFailed("bad-path", f"NUL in path {relative!r}")
-    if any(len(part.encode()) > NAME_MAX for part in PurePosixPath(relative).parts):
+    if any(len(part.encode()) > NAME_MAX for part in relative.split("/")):
         raise ImageFailed("bad-path", f"a name in {relative[:80]!r}... is over {NAME_MAX} bytes")
     parent, _, name = relative.rpartition("/")
     if name in ("", ".", ".."):
@@ -188,13 +188,13 @@ def store_path(root: Path, relative: str) -> Path:
     directory = _resolved_inside(root, parent)
     if directory is None:
         raise ImageFailed("bad-path", f"{relative!r} is outside the image store")
-    return directory / name
+    return f"{directory}/{name}"
 
 
 @functools.lru_cache(maxsize=4096)
-def _resolved_inside(root: Path, parent: str) -> Path | None:
+def _resolved_inside(root: Path, parent: str) -> str | None:
     directory = (root / parent).resolve()
-    return directory if directory.is_relative_to(root.resolve()) else None
+    return str(directory) if directory.is_relative_to(root.resolve()) else None
 
 
 def repair_jsonl(path: Path) -> bool:
@@ -403,8 +403,8 @@ class GalleryImagesPipeline(ImagesPipeline):
 
     async def _rethumb(self, request, record: dict) -> dict:
         thumb_paths = {name: self.thumb_path(request, name) for name in self.thumbs}
-        jobs = {n: (self.thumbs[n], str(store_path(self.local_root, p))) for n, p in thumb_paths.items()}
-        original = str(store_path(self.local_root, record["path"]))
+        jobs = {n: (self.thumbs[n], store_path(self.local_root, p)) for n, p in thumb_paths.items()}
+        original = store_path(self.local_root, record["path"])
         try:
             facts = await maybe_deferred_to_future(
                 self.workers.submit("rethumb", original, jobs, self.max_pixels)
@@ -491,9 +491,9 @@ class GalleryImagesPipeline(ImagesPipeline):
         deferred_from_coro(self.crawler.engine.close_spider_async(reason=close_reason))
 
     async def _process(self, body: bytes, path: str, thumb_paths: dict[str, str]) -> dict:
-        original = str(store_path(self.local_root, path))
+        original = store_path(self.local_root, path)
         jobs = {
-            n: (self.thumbs[n], str(store_path(self.local_root, p)))
+            n: (self.thumbs[n], store_path(self.local_root, p))
             for n, p in thumb_paths.items()
         }
         try:

@@ -22,6 +22,11 @@ CONCURRENT_REQUESTS_PER_DOMAIN = 16
 # CONCURRENT_REQUESTS requests the engine fetches no page, so at 32 the 64 images in flight
 # starved pagination in bursts (W2 214 -> 237 images/s at 128, same 16 connections).
 CONCURRENT_REQUESTS = 128
+# Requests go out when they are made, not at the reactor's next poll (imgcrawl/handlers.py).
+DOWNLOAD_HANDLERS = {
+    "http": "imgcrawl.handlers.HTTPDownloadHandler",
+    "https": "imgcrawl.handlers.HTTPDownloadHandler",
+}
 # Image downloads are short; 180 s (the default) ties up a slot for 3 minutes per stall.
 DOWNLOAD_TIMEOUT = 30
 # Two retries absorb blips without hammering a failing server.
@@ -71,6 +76,8 @@ TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 # Scrapy's default logs every item at DEBUG; INFO keeps a 20,000-image crawl readable.
 LOG_LEVEL = "INFO"
+# ... and below DEBUG the two per-response/per-item lines are not even built.
+LOG_FORMATTER = "imgcrawl.logformatter.QuietLogFormatter"
 # Stable, non-deprecated feed/fingerprint behaviour.
 FEED_EXPORT_ENCODING = "utf-8"
 

@@ -6,9 +6,13 @@ import re
 import time
 
 import pytest
+from scrapy import Request
+from scrapy.http import Response
+from scrapy.utils.test import get_crawler
 
 from conftest import LocalSite, run_crawl
 from imgcrawl.demo import build_gallery
+from imgcrawl.logformatter import QuietLogFormatter
 
 PROGRESS = re.compile(
     r"INFO: Progress: (\d+) pages, (\d+) images stored, (\d+) skipped, (\d+) failed \| "
@@ -80,3 +84,19 @@ def test_progress_lines_summary_and_stats(slow_site, tmp_path):
     assert "Progress:" not in quiet.log and "Summary" not in quiet.log
     assert "Image failed (undecodable)" in quiet.log
     assert len(list((tmp_path / "quiet" / "full").iterdir())) == 18
+
+
+@pytest.mark.parametrize("level, shown", [("INFO", False), ("WARNING", False), ("DEBUG", True), (10, True)])
+def test_per_response_and_per_item_lines_are_built_only_when_shown(level, shown):
+    formatter = QuietLogFormatter.from_crawler(get_crawler(settings_dict={"LOG_LEVEL": level}))
+    request = Request("http://127.0.0.1/img/a.jpg")
+    response = Response(request.url, request=request)
+    assert (formatter.crawled(request, response, None) is not None) is shown
+    assert (formatter.scraped({"url": request.url}, response, None) is not None) is shown
+
+
+def test_debug_crawl_still_logs_each_response_and_item(demo_site, tmp_path):
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", "-s", "LOG_LEVEL=DEBUG")
+    assert result.returncode == 0, result.log[-3000:]
+    assert f"DEBUG: Crawled (200) <GET {demo_site.url('/gallery/')}>" in result.log
+    assert result.log.count("DEBUG: Scraped from <200 ") == len(result.manifest())
