@@ -18,17 +18,14 @@ from twisted.internet.abstract import FileDescriptor
 
 
 def send_now(transport) -> None:
-    """Write what ``transport`` has buffered now, as far as the socket takes it.
+    """Write what a TCP ``transport`` has buffered now, as far as the socket takes it.
 
     What the socket does not take, and any error, stays with the reactor: the transport is
     still registered for writing, so its next poll carries on exactly as it would have.
+    Over TLS nothing changes: Twisted's TLS layer itself holds small writes for one reactor
+    turn, and has no public way to flush them.
     """
-    # Over TLS the bytes are in the TCP transport underneath, once TLS has encrypted them.
-    while not isinstance(transport, FileDescriptor):
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            return
-    if transport.connected and not transport.disconnecting:
+    if isinstance(transport, FileDescriptor) and transport.connected and not transport.disconnecting:
         transport.doWrite()
 
 

@@ -8,8 +8,8 @@ import random
 
 from PIL import Image
 
-from conftest import LocalSite, run_crawl
-from imgcrawl.demo import make_image
+from conftest import LocalSite, run_crawl, self_signed_tls
+from imgcrawl.demo import build_gallery, make_image
 
 
 # The demo gallery's full-size images: what a correct crawl must store.
@@ -55,6 +55,23 @@ def test_crawl_stores_every_image_byte_exact_with_thumbnails(demo_site, tmp_path
     # Each image fetched exactly once; every page once.
     for path in [p for p in demo_site.files if p.startswith("/img/photo")]:
         assert demo_site.hits[path] <= 1, path
+
+
+def test_crawl_over_https_keeps_its_connections(tmp_path):
+    """imgcrawl's download handler over TLS: every image stored byte-exact, connections reused."""
+    site = LocalSite(build_gallery(), tls=self_signed_tls(tmp_path)).start()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/gallery/')}")
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    manifest = {line["url"]: line for line in result.manifest()}
+    expected = expected_images(site)
+    assert expected and all(url.startswith("https://127.0.0.1:") for url in expected)
+    for url, body in expected.items():
+        assert (result.store / manifest[url]["path"]).read_bytes() == body
+    requests = sum(site.hits.values())
+    assert site.connections <= 16 < requests  # kept alive: at most one per slot of per-host concurrency
 
 
 def test_recrawl_downloads_nothing_already_stored(demo_site, tmp_path):
