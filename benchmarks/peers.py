@@ -4,7 +4,7 @@ fetch it, store the original bytes, write one 256 px JPEG thumbnail.
 ``python benchmarks/peers.py RECIPE URLS_FILE OUT_DIR [--limit N]`` with RECIPE one of
 ``get`` (``requests.get`` per image), ``session`` (one ``requests.Session``), ``threadpool``
 (``ThreadPoolExecutor(32)``, a Session per thread), ``aiohttp`` (one ``ClientSession``,
-``asyncio.gather`` at 32 connections, or ``--connections N``). They get the image URL list
+``asyncio.gather`` at 32 connections); ``--connections N`` changes the 32 of the last two. They get the image URL list
 directly: no crawling.
 Files are named as Scrapy names them (``full/<sha1 of url>.<ext>``,
 ``thumbs/small/<sha1 of url>.jpg``) so one verifier checks every contender.
@@ -50,7 +50,7 @@ def run_session(urls: list[str], out: Path) -> None:
             save(url, session.get(url, timeout=30).content, out)
 
 
-def run_threadpool(urls: list[str], out: Path) -> None:
+def run_threadpool(urls: list[str], out: Path, connections: int = CONNECTIONS) -> None:
     import requests
 
     local = threading.local()
@@ -60,7 +60,7 @@ def run_threadpool(urls: list[str], out: Path) -> None:
             local.session = requests.Session()
         save(url, local.session.get(url, timeout=30).content, out)
 
-    with ThreadPoolExecutor(CONNECTIONS) as pool:
+    with ThreadPoolExecutor(connections) as pool:
         for _ in pool.map(fetch, urls):
             pass
 
@@ -83,6 +83,7 @@ def run_aiohttp(urls: list[str], out: Path, connections: int = CONNECTIONS) -> N
 
 
 RECIPES = {"get": run_get, "session": run_session, "threadpool": run_threadpool, "aiohttp": run_aiohttp}
+CONCURRENT = {"threadpool", "aiohttp"}  # the recipes with a connection count
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,15 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("urls", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--limit", type=int, help="only the first N URLs (slow serial recipes)")
-    parser.add_argument("--connections", type=int, help="aiohttp's connection limit (default 32)")
+    parser.add_argument("--connections", type=int,
+                        help="connections of the threadpool and aiohttp recipes (default 32)")
     args = parser.parse_args(argv)
+    if args.connections and args.recipe not in CONCURRENT:
+        parser.error(f"--connections: the {args.recipe} recipe uses one connection at a time")
     urls = args.urls.read_text().split()[: args.limit]
     (args.out / "full").mkdir(parents=True, exist_ok=True)
     (args.out / "thumbs" / "small").mkdir(parents=True, exist_ok=True)
-    if args.connections:
-        run_aiohttp(urls, args.out, args.connections)
-    else:
-        RECIPES[args.recipe](urls, args.out)
+    RECIPES[args.recipe](urls, args.out, **({"connections": args.connections} if args.connections else {}))
 
 
 if __name__ == "__main__":
