@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from lxml.html import HtmlElement
 from parsel import Selector
 from w3lib.html import get_base_url, strip_html5_whitespace
 from w3lib.url import safe_url_string
@@ -78,7 +79,9 @@ class Links:
 
 def page_base(sel: Selector, page_url: str) -> str:
     """The URL relative links resolve against: ``<base href>`` if the page has one."""
-    return get_base_url(sel.get(), page_url)
+    # Only the <base> elements go to w3lib: serializing the whole page for it cost more
+    # than finding the page's images.
+    return get_base_url("".join(sel.xpath("//base").getall()), page_url)
 
 
 def absolute_url(value: str | None, base: str) -> str | None:
@@ -173,32 +176,38 @@ def _first_real(urls: Iterable[str | None], base: str) -> str | None:
     return None
 
 
-def best_img_url(img: Selector, base: str) -> str | None:
+# The per-element helpers below take lxml elements (a parsel Selector's ``.root``): they
+# run for every image of every page, on the reactor thread, and lxml's tree walk and
+# attribute lookup cost a fraction of a parsel query or of ``Selector.attrib``'s dict copy.
+
+
+def best_img_url(img: HtmlElement, base: str) -> str | None:
     """The best URL for one ``<img>``: a full-size attribute, then the largest srcset
     candidate (``sizes`` only says how wide it is shown, so it does not change which is
     largest), then lazy-load attributes, then ``src``; placeholders are skipped."""
-    full = _first_real((img.attrib.get(attr) for attr in IMG_FULL_ATTRS), base)
+    attrib = img.attrib
+    full = _first_real((attrib.get(attr) for attr in IMG_FULL_ATTRS), base)
     if full:
         return full
     # WordPress's data-link is the attachment page unless the gallery links to the file.
-    link = absolute_url(img.attrib.get("data-link"), base)
+    link = absolute_url(attrib.get("data-link"), base)
     if link and is_image_url(link):
         return link
-    srcsets = (largest_in_srcset(img.attrib.get(attr)) for attr in IMG_SRCSET_ATTRS)
+    srcsets = (largest_in_srcset(attrib.get(attr)) for attr in IMG_SRCSET_ATTRS)
     return _first_real(srcsets, base) or _first_real(
-        (img.attrib.get(attr) for attr in IMG_SRC_ATTRS), base
+        (attrib.get(attr) for attr in IMG_SRC_ATTRS), base
     )
 
 
-def best_picture_url(picture: Selector, base: str, types: frozenset[str] = THUMBNAIL_TYPES) -> str | None:
+def best_picture_url(picture: HtmlElement, base: str, types: frozenset[str] = THUMBNAIL_TYPES) -> str | None:
     """``<picture>``: the largest candidate over its ``<source>`` elements in a format in
     ``types`` (untyped sources count) and its ``<img>``'s srcset, else its ``<img>``."""
-    sources = [s for s in picture.css("source") if s.attrib.get("type", "").lower() in types | {""}]
-    img = picture.css("img")
+    sources = [s for s in picture.iter("source") if s.get("type", "").lower() in types | {""}]
+    img = list(picture.iter("img"))
     best: tuple[float, float, str] | None = None
     for node in sources + img[:1]:
         for attr in IMG_SRCSET_ATTRS:
-            for raw, width, density in parse_srcset(node.attrib.get(attr, "")):
+            for raw, width, density in parse_srcset(node.get(attr, "")):
                 url = absolute_url(raw, base)
                 if url and not is_placeholder(url) and (best is None or (width, density) > best[:2]):
                     best = (width, density, url)
@@ -207,7 +216,7 @@ def best_picture_url(picture: Selector, base: str, types: frozenset[str] = THUMB
     return best_img_url(img[0], base) if img else None
 
 
-def link_full_url(a: Selector, base: str) -> str | None:
+def link_full_url(a: HtmlElement, base: str) -> str | None:
     """The full-size image an ``<a>`` opens: a gallery-library data attribute, or its
     ``href`` when that is an image file or a lightbox link to an image."""
     attrib = a.attrib
@@ -223,11 +232,23 @@ def link_full_url(a: Selector, base: str) -> str | None:
     return None
 
 
-def _noscript_twin(img: Selector) -> Selector | None:
+def _sibling_element(el: HtmlElement, step: str) -> HtmlElement | None:
+    """The next (``step="getnext"``) or previous element, skipping comments."""
+    sibling = getattr(el, step)()
+    while sibling is not None and not isinstance(sibling.tag, str):
+        sibling = getattr(sibling, step)()
+    return sibling
+
+
+def _nearest(el: HtmlElement, tag: str) -> HtmlElement | None:
+    return next(el.iterancestors(tag), None)
+
+
+def _noscript_twin(img: HtmlElement) -> HtmlElement | None:
     """The ``<img>`` in the ``<noscript>`` right after a lazy image: the same picture
     with its real URL, for browsers without JavaScript."""
-    twin = img.xpath("following-sibling::*[1][self::noscript]//img")
-    return twin[0] if twin else None
+    after = _sibling_element(img, "getnext")
+    return next(after.iter("img"), None) if after is not None and after.tag == "noscript" else None
 
 
 def css_image_urls(style: str) -> list[str]:
@@ -245,7 +266,7 @@ def css_image_urls(style: str) -> list[str]:
     return urls
 
 
-def background_urls(node: Selector) -> list[str]:
+def background_urls(node: HtmlElement) -> list[str]:
     """Background images of an element: inline ``style`` and vanilla-lazyload's
     ``data-bg`` / ``data-bg-hidpi`` / ``data-bg-set`` (``|`` separates layers)."""
     attrib = node.attrib
@@ -310,30 +331,40 @@ class _Found:
         return list(self.by_url.values())
 
 
-def _element_candidate(node: Selector, base: str) -> tuple[str | None, Selector] | None:
+def _element_candidate(node: HtmlElement, base: str) -> tuple[str | None, HtmlElement] | None:
     """The best full-size URL of one ``<img>``/``<picture>`` and the ``<img>`` naming it;
     None when the element is followed elsewhere (a detail-page thumbnail, a noscript twin)."""
-    tag = node.xpath("name()").get().lower()
-    if tag == "img" and node.xpath("ancestor::picture"):
+    is_img = node.tag == "img"
+    if is_img and _nearest(node, "picture") is not None:
         return None  # handled with its <picture> (libxml2 may nest it inside a <source>)
-    if tag == "img" and node.xpath("ancestor::noscript") and node.xpath(
-        "ancestor::noscript[1]/preceding-sibling::*[1][self::img]"
-    ):
-        return None  # handled with the lazy image it stands in for
-    inner = node if tag == "img" else (node.css("img") or [node])[0]
-    own = best_picture_url(node, base) if tag == "picture" else best_img_url(node, base)
-    twin = _noscript_twin(node) if tag == "img" else None
+    noscript = _nearest(node, "noscript") if is_img else None
+    if noscript is not None:
+        before = _sibling_element(noscript, "getprevious")
+        if before is not None and before.tag == "img":
+            return None  # handled with the lazy image it stands in for
+    inner = node if is_img else next(node.iter("img"), node)
+    own = best_img_url(node, base) if is_img else best_picture_url(node, base)
+    twin = _noscript_twin(node) if is_img else None
     if twin is not None and not _first_real(
-        (node.attrib.get(a) for a in IMG_FULL_ATTRS + IMG_SRCSET_ATTRS + IMG_LAZY_SRC_ATTRS), base
+        (node.get(a) for a in IMG_FULL_ATTRS + IMG_SRCSET_ATTRS + IMG_LAZY_SRC_ATTRS), base
     ):
         own = best_img_url(twin, base) or own  # the lazy one only had a placeholder or LQIP
-    full = _first_real((inner.attrib.get(attr) for attr in IMG_FULL_ATTRS), base)
-    links = inner.xpath("ancestor::a[1]")
-    if not full and links:
-        full = link_full_url(links[0], base)
-        if not full and absolute_url(links[0].attrib.get("href"), base):
+    full = _first_real((inner.get(attr) for attr in IMG_FULL_ATTRS), base)
+    link = _nearest(inner, "a")
+    if not full and link is not None:
+        full = link_full_url(link, base)
+        if not full and absolute_url(link.get("href"), base):
             return None  # a thumbnail of a detail page: the page is followed for its image
     return full or own, inner
+
+
+def _nearest_title(el: HtmlElement) -> str:
+    """Lightboxes keep the caption on the link: the nearest ``title`` names the image."""
+    for node in (el, *el.iterancestors()):
+        title = node.get("title")
+        if title is not None:
+            return title
+    return ""
 
 
 def image_candidates(sel: Selector, page_url: str) -> list[ImageCandidate]:
@@ -343,18 +374,17 @@ def image_candidates(sel: Selector, page_url: str) -> list[ImageCandidate]:
     base = page_base(sel, page_url)
     found = _Found()
     for node in sel.xpath("//img | //picture"):
-        result = _element_candidate(node, base)
+        result = _element_candidate(node.root, base)
         if result:
             url, inner = result
-            # Lightboxes keep the caption on the link: the nearest title names the image.
-            found.add(url, inner.attrib.get("alt", ""), inner.xpath("ancestor-or-self::*[@title][1]/@title").get(""))
-    for a in sel.css("a"):
+            found.add(url, inner.get("alt", ""), _nearest_title(inner))
+    for a in _links(sel):
         url = link_full_url(a, base)
         if url:
-            found.add(url, " ".join(a.css("::text").getall()), a.attrib.get("title", ""))
+            found.add(url, " ".join(a.itertext()), a.get("title", ""))
     for node in sel.xpath("//*[@style or @data-bg or @data-bg-set or @data-bg-hidpi]"):
-        for raw in background_urls(node):
-            found.add(absolute_url(raw, base), title=node.attrib.get("title", ""))
+        for raw in background_urls(node.root):
+            found.add(absolute_url(raw, base), title=node.root.get("title", ""))
     for raw in json_ld_images(sel) + meta_images(sel):
         found.add(absolute_url(raw, base))
     return found.values()
@@ -410,6 +440,10 @@ def rewrite_url(url: str, rules: Sequence[tuple[re.Pattern, str]]) -> str:
     return url
 
 
+def _links(sel: Selector, query: str = "a") -> list[HtmlElement]:
+    return [a.root for a in sel.css(query)]
+
+
 def _same_site(url: str, hosts: frozenset[str] | None) -> bool:
     return hosts is None or (urlsplit(url).hostname or "") in hosts
 
@@ -419,10 +453,10 @@ def pagination_links(sel: Selector, page_url: str, hosts: frozenset[str] | None 
     ``/page/N`` links (numbered pagination, so pages fan out instead of forming a chain)."""
     base = page_base(sel, page_url)
     raw = sel.css("link[rel~=next]::attr(href), a[rel~=next]::attr(href)").getall()
-    for a in sel.css("a[href]"):
-        href = a.attrib["href"]
-        text = " ".join(a.css("::text").getall()).strip().lower()
-        classes = a.attrib.get("class", "").lower()
+    for a in _links(sel, "a[href]"):
+        href = a.get("href")
+        text = " ".join(a.itertext()).strip().lower()
+        classes = a.get("class", "").lower()
         if text in _NEXT_TEXT or "next" in classes.split() or _PAGE_PARAM_RE.search(href) or _PAGE_PATH_RE.search(href.split("?")[0]):
             raw.append(href)
     return _unique_links(raw, base, hosts, page_url)
@@ -432,12 +466,12 @@ def detail_links(sel: Selector, page_url: str, hosts: frozenset[str] | None = No
     """Gallery/album/detail pages: links that wrap a thumbnail or whose path names one."""
     base = page_base(sel, page_url)
     raw = []
-    for a in sel.css("a[href]"):
-        href = a.attrib["href"]
+    for a in _links(sel, "a[href]"):
+        href = a.get("href")
         url = absolute_url(href, base)
         if not url or is_image_url(url):
             continue
-        if a.css("img, picture") or _DETAIL_PATH_RE.search(urlsplit(url).path):
+        if next(a.iter("img", "picture"), None) is not None or _DETAIL_PATH_RE.search(urlsplit(url).path):
             raw.append(href)
     return _unique_links(raw, base, hosts, page_url)
 

@@ -59,6 +59,13 @@ def test_noscript_fallback_of_a_lazy_image_is_taken_once():
     assert urls(html) == ["https://photos.example/n-full.jpg", "https://photos.example/m.jpg"]
 
 
+def test_noscript_twin_after_a_comment_with_the_nearest_title():
+    html = (f'<figure title="Sunset"><img class="lazy" src="{GIF_1x1}" alt="S"><!-- lazysizes -->'
+            '<noscript><img src="/sunset.jpg" alt="S"></noscript></figure>')
+    found = extract.image_candidates(Selector(text=html), PAGE)
+    assert [(c.url, c.alt, c.title) for c in found] == [("https://photos.example/sunset.jpg", "S", "Sunset")]
+
+
 def test_lqip_src_gives_way_to_the_noscript_original():
     html = '<img src="/tiny/lqip.jpg" class="lazyload"><noscript><img src="/big.jpg"></noscript>'
     assert urls(html) == ["https://photos.example/big.jpg"]
