@@ -67,6 +67,8 @@ def test_progress_lines_summary_and_stats(slow_site, tmp_path):
     assert "'imgcrawl/pages': 6" in result.log  # 3 listing pages + 3 detail pages
     assert re.search(r"'imgcrawl/images_per_second': [\d.]+", result.log)
     assert re.search(r"'imgcrawl/mb_per_second': [\d.]+", result.log)
+    # imgcrawl.tuning is on in a real crawl: its stat is in the dump our collector made.
+    assert re.search(r"'imgcrawl/gc_frozen_objects': \d{5,}", result.log)
     # Scrapy's own per-minute LogStats line is replaced by ours.
     assert "Crawled 0 pages (at" not in result.log
 
