@@ -46,6 +46,7 @@ from scrapy.pipelines.files import FSFilesStore
 from scrapy.pipelines.images import ImagesPipeline
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.request import referer_str
 from twisted.internet.defer import DeferredSemaphore
 
@@ -128,6 +129,20 @@ class _OncePerImage(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
         return "download max size" not in message and not message.startswith("Got data loss")
+
+
+class _RobotsTxtOneLine(logging.Filter):
+    """Scrapy logs a robots.txt it could not fetch as an ERROR with a traceback, though the
+    crawl goes on (the host then counts as allowing everything): one WARNING line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, dict) else {}
+        if str(record.msg).startswith("Error downloading") and isinstance(args.get("f_exception"), Exception):
+            record.msg = "robots.txt of %s not fetched (%s): its URLs are crawled as allowed"
+            record.args = (urlparse_cached(args["request"]).netloc, failure_reason(args["f_exception"]))
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -316,9 +331,13 @@ class GalleryImagesPipeline(ImagesPipeline):
         for feed in local_jsonl_feeds(settings):
             if repair_jsonl(feed):
                 logger.warning("Cut a half-written last line from %s (an earlier crawl was killed)", feed)
-        http11 = logging.getLogger("scrapy.core.downloader.handlers.http11")
-        if not any(isinstance(f, _OncePerImage) for f in http11.filters):
-            http11.addFilter(_OncePerImage())
+        for name, one_line in (
+            ("scrapy.core.downloader.handlers.http11", _OncePerImage),
+            ("scrapy.downloadermiddlewares.robotstxt", _RobotsTxtOneLine),
+        ):
+            scrapy_logger = logging.getLogger(name)
+            if not any(isinstance(f, one_line) for f in scrapy_logger.filters):
+                scrapy_logger.addFilter(one_line())
 
     def open_spider(self, spider=None) -> None:
         super().open_spider()

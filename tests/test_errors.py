@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import run_crawl
+from conftest import free_port, run_crawl
 from imgcrawl.spiders.gallery import GallerySpider
 
 
@@ -27,6 +27,18 @@ def test_unknown_argument_one_line_with_known_ones(demo_site, tmp_path):
     # scrapyd adds _job (and any _-prefixed argument): accepted, the crawl runs.
     ok = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", "-a", "_job=abc123", "-a", "max_pages=1")
     assert "'finish_reason': 'finished'" in ok.log and not error_lines(ok.log), ok.log[-2000:]
+
+
+def test_site_down_one_line_each_for_robots_txt_and_the_page(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/gallery/"  # nothing listens there
+    result = run_crawl(tmp_path, "-a", f"url={url}", settings={"RETRY_TIMES": 0})
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Traceback" not in result.log and not error_lines(result.log), result.log[-3000:]
+    warnings = [line for line in result.log.splitlines() if " WARNING: " in line]
+    assert len(warnings) == 2, warnings
+    assert "robots.txt of 127.0.0.1:" in warnings[0] and "(connection-refused)" in warnings[0]
+    assert f"Page failed (connection-refused): {url}" in warnings[1]
+    assert "'finish_reason': 'finished'" in result.log
 
 
 class TaggedSpider(GallerySpider):
