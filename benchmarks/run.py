@@ -242,8 +242,9 @@ def table(results: dict) -> str:
         f"load average before/after {results['load_before'][0]:.1f}/{results['load_after'][0]:.1f}",
         "",
         "| contender | images | images/s | imgcrawl ÷ it | CPU % | images per CPU-s | imgcrawl ÷ it per CPU-s "
-        "| peak RSS MB (largest proc / tree) | connections / requests | output verified |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS MB (largest proc / tree) | connections / requests "
+        "| client turnaround ms (mean / p99) | output verified |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # On a shared machine a contender gets the CPU share the scheduler gives it; images per
     # CPU-second is the load-independent view of the same run.
@@ -256,17 +257,19 @@ def table(results: dict) -> str:
         ratio = f"{ours / r['images_per_s']:.2f}×" if other and r["images_per_s"] else ""
         cpu_ratio = f"{per_cpu['imgcrawl'] / per_cpu[name]:.2f}×" if other and per_cpu[name] else ""
         net = f"{r['connections']} / {r['requests']}" if "connections" in r else "–"
+        # The server's view: from a response to the next request on its connection.
+        turnaround = f"{r['turnaround_ms_mean']} / {r['turnaround_ms_p99']}" if "turnaround_ms_mean" in r else "–"
         lines.append(
             f"| {label} | {r['images']} | {r['images_per_s']} | {ratio} | {r['cpu_percent']:.0f} "
             f"| {per_cpu[name]:.0f} | {cpu_ratio} | {r['max_rss_mb']:.0f} / {r['tree_rss_mb']:.0f} | {net} "
-            f"| {r['verify']} |"
+            f"| {turnaround} | {r['verify']} |"
         )
     bound = results["network_bound"]
     lines.append(
         f"| network bound (imgcrawl, {bound['imgcrawl_concurrency']} conn ÷ L) | | {bound['imgcrawl']} "
-        f"| {ours / bound['imgcrawl']:.2f}× | | | | | | |" if ours else ""
+        f"| {ours / bound['imgcrawl']:.2f}× | | | | | | | |" if ours else ""
     )
-    lines.append(f"| network bound (32 conn ÷ L) | | {bound['peers_32']} | | | | | | | |")
+    lines.append(f"| network bound (32 conn ÷ L) | | {bound['peers_32']} | | | | | | | | |")
     return "\n".join(line for line in lines if line) + "\n"
 
 

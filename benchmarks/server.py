@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -68,6 +69,10 @@ class BenchSite:
         self.in_flight = 0
         self.peak_in_flight = 0
         self._seen: weakref.WeakSet = weakref.WeakSet()
+        # When each connection's last response left the handler, and each wait from there to
+        # the connection's next request: the client's turnaround, which no emulated L hides.
+        self._answered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.turnarounds: list[float] = []
 
     def entry(self, n: int) -> tuple[dict, bytes]:
         i = n % len(self.entries)  # W1x10 repeats W1's files under new URLs
@@ -85,6 +90,9 @@ class BenchSite:
         if request.path.startswith("/__"):
             return await handler(request)
         self.requests += 1
+        answered = self._answered.pop(request.transport, None)
+        if answered is not None:
+            self.turnarounds.append(time.monotonic() - answered)
         delay = self.latency
         if request.transport not in self._seen:
             self._seen.add(request.transport)
@@ -97,6 +105,7 @@ class BenchSite:
             return await handler(request)
         finally:
             self.in_flight -= 1
+            self._answered[request.transport] = time.monotonic()
 
     async def gallery(self, request: web.Request) -> web.Response:
         page = int(request.match_info.get("page", 1))
@@ -116,9 +125,15 @@ class BenchSite:
         return web.Response(text="\n".join(self.urls(f"http://{request.host}")) + "\n")
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"requests": self.requests, "connections": self.connections, "peak_in_flight": self.peak_in_flight}
-        )
+        waits = sorted(self.turnarounds)
+        turnaround = {
+            "turnaround_ms_mean": round(1000 * sum(waits) / len(waits), 2),
+            "turnaround_ms_p99": round(1000 * waits[len(waits) * 99 // 100], 2),
+        } if waits else {}
+        return web.json_response({
+            "requests": self.requests, "connections": self.connections,
+            "peak_in_flight": self.peak_in_flight, **turnaround,
+        })
 
     async def reset_view(self, request: web.Request) -> web.Response:
         self.reset()

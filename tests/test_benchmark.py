@@ -75,11 +75,16 @@ def test_server_delays_counts_and_pages(server, corpus):
 
     status, _, again = get(conn, "/gallery/page/2")
     assert status == 200 and again >= LATENCY / 1000
-    assert stats(port) == {"requests": 2, "connections": 1, "peak_in_flight": 1}  # keep-alive kept
+    counts = {k: v for k, v in stats(port).items() if not k.startswith("turnaround")}
+    assert counts == {"requests": 2, "connections": 1, "peak_in_flight": 1}  # keep-alive kept
 
     # /img/<n> serves corpus file n % 20, byte for byte; unknown images are 404.
+    time.sleep(0.2)  # a slow client: the server counts the wait as its turnaround
     status, body, _ = get(conn, f"/img/49.{entries[9]['file'].rsplit('.', 1)[1]}")
     assert status == 200 and hashlib.sha256(body).hexdigest() == entries[9]["sha256"]
+    waits = stats(port)  # two so far: right after page 1, and after the sleep
+    slow, mean = waits["turnaround_ms_p99"], waits["turnaround_ms_mean"]
+    assert slow >= 200 and 2 * mean - slow < 100
     assert get(conn, "/img/50.jpg")[0] == 404
     conn.close()
 
@@ -105,6 +110,7 @@ def test_tiny_run_verifies_every_contender(tmp_path):
         assert rows[name]["verified"], (name, rows[name]["verify"])
         assert rows[name]["returncode"] == 0
     assert rows["session"]["images"] == 5 and rows["session"]["connections"] == 1
+    assert rows["imgcrawl"]["turnaround_ms_mean"] >= 0 and "turnaround_ms_mean" not in rows["floor-draft"]
     # "Equal connection count": aiohttp held to imgcrawl's per-host concurrency (3 here).
     assert rows["aiohttp-equal"]["connections"] == 3 and rows["imgcrawl"]["connections"] <= 3
     assert "| aiohttp (3 connections, as imgcrawl) | 20 |" in proc.stdout
