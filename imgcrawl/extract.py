@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from lxml import etree
 from lxml.html import HtmlElement
 from parsel import Selector
 from w3lib.html import get_base_url, strip_html5_whitespace
@@ -232,12 +233,9 @@ def link_full_url(a: HtmlElement, base: str) -> str | None:
     return None
 
 
-def _sibling_element(el: HtmlElement, step: str) -> HtmlElement | None:
-    """The next (``step="getnext"``) or previous element, skipping comments."""
-    sibling = getattr(el, step)()
-    while sibling is not None and not isinstance(sibling.tag, str):
-        sibling = getattr(sibling, step)()
-    return sibling
+def _sibling_element(el: HtmlElement, preceding: bool = False) -> HtmlElement | None:
+    """The next (or previous) element, skipping comments: XPath's ``following-sibling::*[1]``."""
+    return next(el.itersiblings(etree.Element, preceding=preceding), None)
 
 
 def _nearest(el: HtmlElement, tag: str) -> HtmlElement | None:
@@ -247,7 +245,7 @@ def _nearest(el: HtmlElement, tag: str) -> HtmlElement | None:
 def _noscript_twin(img: HtmlElement) -> HtmlElement | None:
     """The ``<img>`` in the ``<noscript>`` right after a lazy image: the same picture
     with its real URL, for browsers without JavaScript."""
-    after = _sibling_element(img, "getnext")
+    after = _sibling_element(img)
     return next(after.iter("img"), None) if after is not None and after.tag == "noscript" else None
 
 
@@ -339,7 +337,7 @@ def _element_candidate(node: HtmlElement, base: str) -> tuple[str | None, HtmlEl
         return None  # handled with its <picture> (libxml2 may nest it inside a <source>)
     noscript = _nearest(node, "noscript") if is_img else None
     if noscript is not None:
-        before = _sibling_element(noscript, "getprevious")
+        before = _sibling_element(noscript, preceding=True)
         if before is not None and before.tag == "img":
             return None  # handled with the lazy image it stands in for
     inner = node if is_img else next(node.iter("img"), node)
