@@ -25,7 +25,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 from imgcrawl import contact_sheet
-from imgcrawl.pipelines import fill_feed_uri
+from imgcrawl.manifest import fill_feed_uri
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgcrawl.failures import Failed
+
 # Pillow format name -> file extension for the stored original.
 FORMAT_EXTENSIONS = {
     "JPEG": "jpg",
@@ -53,16 +55,8 @@ THUMB_QUALITY = 85
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-class ImageError(Exception):
+class ImageError(Failed):
     """An image we will not store; ``reason`` is a short stat-friendly slug."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-    def __reduce__(self):  # pickled back from worker processes with reason and detail intact
-        return ImageError, (self.reason, self.detail)
 
 
 @dataclass
@@ -162,13 +156,13 @@ def make_thumbnails(
     image.load()
     ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to rotate
     # RGBA/LA are resized first (Pillow resizes them premultiplied, so hidden colours do not
-    # bleed) and put on white at thumbnail size: ~4 ms less per W1 PNG than at full size.
+    # bleed) and put on white at thumbnail size, where compositing costs far less.
     base = image if image.mode in ("RGB", "RGBA", "L", "LA") else to_rgb(image)
     thumbs = {}
     for name, size in sorted(sizes.items(), key=lambda kv: -kv[1][0] * kv[1][1]):
         thumb = base.copy() if len(sizes) > 1 else base  # the common single size needs no copy
-        # BICUBIC (thumbnail()'s own default) from under 2x the size: 18 % less worker CPU
-        # per W1 photo than LANCZOS, for a slightly softer thumbnail.
+        # BICUBIC (thumbnail()'s own default) from under 2x the size: cheaper than LANCZOS,
+        # for a slightly softer thumbnail.
         thumb.thumbnail(size, Image.Resampling.BICUBIC)
         thumbs[name] = to_rgb(thumb)
     return thumbs

@@ -1,10 +1,11 @@
 """What is already stored: image URL -> stored record, and content (sha256) -> record.
 
 Lets the pipeline answer "already stored and fresh?" with one indexed lookup and a few
-``stat`` calls, instead of Scrapy's read-and-MD5-the-whole-file check. Pure (sqlite3 only).
-One :class:`SQLiteIndex` must be used from one thread at a time; the pipeline gives it a
-dedicated thread. :class:`RedisIndex` has the same interface and is shared by every worker of
-a distributed crawl (redis-py only, imported when used).
+``stat`` calls, instead of Scrapy's read-and-MD5-the-whole-file check. Pure (sqlite3 and
+files only, no reactor). One :class:`SQLiteIndex` must be used from one thread at a time;
+the pipeline gives it a dedicated thread. :class:`RedisIndex` has the same interface and is
+shared by every worker of a distributed crawl (redis-py only, imported when used).
+:class:`StoredImages` joins either index with the files it names.
 """
 
 from __future__ import annotations
@@ -110,3 +111,46 @@ class RedisIndex:
 
     def close(self) -> None:
         self._redis.close()
+
+
+class StoredImages:
+    """An index and the store directory together: a record counts only while its files
+    are there. Its methods stat and remove files, so the pipeline runs them on its index
+    thread, never on the reactor thread."""
+
+    def __init__(self, index: SQLiteIndex | RedisIndex, root: Path, thumbs_signature: str, max_age: float):
+        self.index = index
+        self.root = root
+        self.thumbs_signature = thumbs_signature  # the IMAGES_THUMBS the thumbnails were made for
+        self.max_age = max_age  # seconds (IMAGES_EXPIRES)
+
+    def _present(self, paths) -> bool:
+        return all((self.root / p).exists() for p in paths)
+
+    def lookup(self, url: str) -> tuple[str, dict] | None:
+        """``("uptodate", record)`` for a fresh, complete image; ``("rethumb", record)`` when
+        only its thumbnails are for other sizes; None when it must be downloaded."""
+        found = self.index.get(url)
+        if not found:
+            return None
+        record, stored_at = found
+        if time.time() - stored_at > self.max_age or not self._present([record["path"]]):
+            return None
+        if record.get("thumbs_signature") != self.thumbs_signature:
+            return "rethumb", record
+        if not self._present(record.get("thumbs", {}).values()):
+            return None
+        return "uptodate", record
+
+    def keep(self, record: dict) -> dict:
+        """Record an image once: bytes already stored under another URL are kept once, this
+        URL's record points at that copy and the files just written for it are removed."""
+        holder = self.index.holder(record["sha256"])
+        if holder and holder["url"] != record["url"] and holder.get("thumbs_signature") == self.thumbs_signature:
+            kept = [holder["path"], *holder["thumbs"].values()]
+            if self._present(kept):
+                for p in {record["path"], *record["thumbs"].values()} - set(kept):
+                    (self.root / p).unlink(missing_ok=True)
+                record = {**record, "path": holder["path"], "thumbs": holder["thumbs"]}
+        self.index.put(record["url"], record)
+        return record

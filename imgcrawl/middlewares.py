@@ -19,14 +19,11 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.response import response_status_message
 from twisted.internet import task
 
+from imgcrawl.failures import Failed
 
-class BlockedRequest(IgnoreRequest):
-    """A request refused on purpose; ``reason`` is the stat key suffix."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class BlockedRequest(Failed, IgnoreRequest):
+    """A request refused on purpose: an IgnoreRequest to Scrapy, with its reason."""
 
 
 def is_public(address: str) -> bool:

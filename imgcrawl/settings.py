@@ -4,14 +4,15 @@ BOT_NAME = "imgcrawl"
 SPIDER_MODULES = ["imgcrawl.spiders"]
 NEWSPIDER_MODULE = "imgcrawl.spiders"
 
-# Honest: names the tool and where to read about it; sites can identify and throttle us.
-USER_AGENT = "imgcrawl/0.1 (+https://pypi.org/project/scrapy/; Scrapy image-gallery crawler)"
+# Honest: names the tool, so sites can identify and throttle us. Add a contact URL for your
+# crawl with -s USER_AGENT="imgcrawl/0.1 (+https://you.example/bot)".
+USER_AGENT = "imgcrawl/0.1 (Scrapy image-gallery crawler)"
 # Polite by default: robots.txt is honoured (images included).
 ROBOTSTXT_OBEY = True
 
-# The asyncio reactor (Scrapy's default) lets the per-host limit leak (40 requests with a
-# limit of 2 peaked at 14 in flight over 33 connections) and so churns keep-alive
-# connections: ~145 vs ~184 images/s on a 2,000-photo crawl. Epoll keeps the limit exact.
+# Under the asyncio reactor (Scrapy's default) the per-host limit leaks: requests start as
+# tasks and count as transferring only once they run, so more connections open than the
+# limit and keep-alive churns. Epoll keeps the limit exact (measured: benchmarks/README.md).
 TWISTED_REACTOR = "twisted.internet.epollreactor.EPollReactor"
 
 # Per-host concurrency is also the keep-alive pool size (maxPersistentPerHost), so every
@@ -19,8 +20,8 @@ TWISTED_REACTOR = "twisted.internet.epollreactor.EPollReactor"
 CONCURRENT_REQUESTS_PER_DOMAIN = 16
 # Room for a page host and image CDN hosts at full speed at once, and above the pipeline's
 # image bound (IMGCRAWL_MAX_INFLIGHT, half of this): while the downloader holds
-# CONCURRENT_REQUESTS requests the engine fetches no page, so at 32 the 64 images in flight
-# starved pagination in bursts (W2 214 -> 237 images/s at 128, same 16 connections).
+# CONCURRENT_REQUESTS requests the engine fetches no page, so images in flight filling it
+# would starve pagination.
 CONCURRENT_REQUESTS = 128
 # Requests go out when they are made, not at the reactor's next poll (imgcrawl/handlers.py).
 DOWNLOAD_HANDLERS = {
@@ -40,7 +41,8 @@ IMGCRAWL_RETRY_AFTER_MAX = 60.0
 # Redirect chains (and loops) stop after this many hops; CDNs need 1-3.
 REDIRECT_MAX_TIMES = 5
 DOWNLOADER_MIDDLEWARES = {
-    # Before robots.txt (100), so not even robots.txt is fetched from a private address.
+    # First, so no other middleware works on a request that is refused. Every request passes
+    # it wherever it sits: pages, images, robots.txt, each redirect hop and each retry.
     "imgcrawl.middlewares.PrivateAddressGuard": 60,
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "imgcrawl.middlewares.BackoffRetryMiddleware": 550,
@@ -60,12 +62,12 @@ DNSCACHE_SIZE = 10_000
 # CDNs redirect image URLs (http->https, signed URLs); without this a redirect is a failure.
 MEDIA_ALLOW_REDIRECTS = True
 # Pages whose items wait for the pipeline's in-flight bound stay in the scraper; Scrapy's 5 MB
-# default lets ~800 gallery pages' items wait at once (peak RSS 261 MB on a 20,000-photo crawl).
-# ~6 small pages (~250 items, over a second of work) keep the pipeline fed: that crawl then
-# peaks at 128 MB like a 2,000-photo one (135 at 100 KB), and the collector has less to scan.
+# default lets hundreds of gallery pages' items wait at once, so memory grows with the
+# gallery. A few small pages' items (over a second of work) keep the pipeline fed, and
+# peak memory then stays flat however long the gallery.
 SCRAPER_SLOT_MAX_ACTIVE_SIZE = 25_000
-# Items of one page processed at once: the in-flight bound (64) admits no more, and each
-# unused slot is a Twisted cooperative task made for every page (Scrapy's default is 100).
+# Items of one page processed at once: the in-flight bound (IMGCRAWL_MAX_INFLIGHT) admits no
+# more, and each unused slot is a Twisted cooperative task made for every page.
 CONCURRENT_ITEMS = 64
 # Crawl breadth-first so pagination fans out and the image queue fills early.
 DEPTH_PRIORITY = 1
@@ -82,7 +84,7 @@ REMOTE_CONTROL_ENABLED = False
 LOG_LEVEL = "INFO"
 # ... and below DEBUG the two per-response/per-item lines are not even built.
 LOG_FORMATTER = "imgcrawl.logformatter.QuietLogFormatter"
-# Stable, non-deprecated feed/fingerprint behaviour.
+# The manifest keeps alt texts and URLs readable (JSON's default escapes non-ASCII).
 FEED_EXPORT_ENCODING = "utf-8"
 
 # -s IMGCRAWL_REDIS_URL=redis://host:6379/0 turns on the shared Redis frontier (see distributed.py).
@@ -99,7 +101,7 @@ IMAGES_EXPIRES = 90
 FEEDS = {
     "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False},
 }
-FEED_URI_PARAMS = "imgcrawl.pipelines.manifest_uri_params"
+FEED_URI_PARAMS = "imgcrawl.manifest.manifest_uri_params"
 # No images, no manifest: an empty file says nothing, and a store we cannot write to would
 # add the feed exporter's traceback to the pipeline's one-line explanation.
 FEED_STORE_EMPTY = False
@@ -109,7 +111,7 @@ FEED_EXPORT_FIELDS = [
     "format", "width", "height", "bytes", "thumbs",
 ]
 # CSV's thumbs column as JSON ({"small": "thumbs/small/….jpg"}), not a Python repr.
-FEED_EXPORTERS = {"csv": "imgcrawl.exporters.ManifestCsvItemExporter"}
+FEED_EXPORTERS = {"csv": "imgcrawl.manifest.ManifestCsvItemExporter"}
 
 # A progress line every IMGCRAWL_PROGRESS_INTERVAL seconds, a summary and a contact sheet at
 # the end. Scrapy's LogStats line ("Crawled N pages ... items/min") would only repeat it.
@@ -117,9 +119,13 @@ EXTENSIONS = {
     "scrapy.extensions.logstats.LogStats": None,
     "imgcrawl.extensions.Progress": 500,
     "imgcrawl.extensions.ContactSheet": 510,
-    # Full GC passes skip what startup loaded: 50-100 ms reactor stalls every ~5 s halved.
+    # A killed crawl's half-written manifest line is cut before the manifest is appended to.
+    "imgcrawl.manifest.RepairManifest": 0,
+    # One line per failure instead of Scrapy's duplicate warning or traceback.
+    "imgcrawl.logfilters.OneLineLogs": 0,
+    # Full GC passes skip what startup loaded: shorter reactor stalls during the crawl.
     "imgcrawl.tuning.FreezeStartupObjects": 0,
 }
-# Scrapy's stats without their per-attribute deprecation shim (~3 % of the reactor thread).
-STATS_CLASS = "imgcrawl.tuning.StatsCollector"
+# Scrapy's stats without their per-attribute deprecation shim, a cost paid on every request.
+STATS_CLASS = "imgcrawl.compat.StatsCollector"
 IMGCRAWL_PROGRESS_INTERVAL = 10

@@ -15,12 +15,12 @@ from twisted.internet import defer, endpoints, task
 from twisted.web.client import Headers, readBody
 from twisted.web._newclient import Request
 from scrapy.core.downloader.handlers.http11 import _LenientHTTP11ClientProtocol
-from imgcrawl.handlers import _SendNowProtocol
+from imgcrawl.compat import SendNowProtocol
 
 async def run(reactor):
     server = socket.create_server(("127.0.0.1", 0))
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.getsockname()[1])
-    for protocol_class in (_LenientHTTP11ClientProtocol, _SendNowProtocol):
+    for protocol_class in (_LenientHTTP11ClientProtocol, SendNowProtocol):
         protocol = await endpoints.connectProtocol(endpoint, protocol_class(lambda p: None))
         peer, _ = server.accept()
         peer.setblocking(False)
@@ -50,6 +50,6 @@ def test_request_is_on_the_socket_before_the_reactor_turns():
         # Twisted's own behaviour, the reason for the handler: the request waits in a buffer.
         "_LenientHTTP11ClientProtocol sent at once: nothing",
         "_LenientHTTP11ClientProtocol response: 200 image",
-        "_SendNowProtocol sent at once: GET /a.jpg HTTP/1.1",
-        "_SendNowProtocol response: 200 image",
+        "SendNowProtocol sent at once: GET /a.jpg HTTP/1.1",
+        "SendNowProtocol response: 200 image",
     ], out.stderr

@@ -12,7 +12,8 @@ from PIL import Image
 from conftest import LocalSite, run_crawl
 from imgcrawl import settings as defaults
 from imgcrawl.middlewares import is_public
-from imgcrawl.pipelines import ImageFailed, store_path
+from imgcrawl.failures import Failed
+from imgcrawl.stores import store_path
 
 
 def jpeg(seed: int) -> bytes:
@@ -28,7 +29,7 @@ def jpeg(seed: int) -> bytes:
     "full/" + "a" * 300 + ".jpg", "thumbs/small/../../../evil.jpg",
 ])
 def test_store_path_refuses_anything_outside_the_store(tmp_path, relative):
-    with pytest.raises(ImageFailed) as caught:
+    with pytest.raises(Failed) as caught:
         store_path(tmp_path / "store", relative)
     assert caught.value.reason == "bad-path"
 
@@ -36,7 +37,7 @@ def test_store_path_refuses_anything_outside_the_store(tmp_path, relative):
 def test_store_path_refuses_a_symlink_out_of_the_store(tmp_path):
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "full").symlink_to(tmp_path)
-    with pytest.raises(ImageFailed):
+    with pytest.raises(Failed):
         store_path(tmp_path / "store", "full/x.jpg")
 
 

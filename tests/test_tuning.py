@@ -9,7 +9,8 @@ import warnings
 from scrapy.statscollectors import MemoryStatsCollector
 from scrapy.utils.test import get_crawler
 
-from imgcrawl.tuning import FreezeStartupObjects, StatsCollector
+from imgcrawl.compat import StatsCollector
+from imgcrawl.tuning import FreezeStartupObjects
 
 
 def exercise(stats) -> dict:

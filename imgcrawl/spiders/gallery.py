@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from imgcrawl import distributed, extract, sites
 from imgcrawl.items import GalleryItem
-from imgcrawl.pipelines import report_failure
+from imgcrawl.failures import report_failure
 
 logger = logging.getLogger(__name__)
 

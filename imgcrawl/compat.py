@@ -1,0 +1,99 @@
+"""Every private Scrapy or Twisted name imgcrawl relies on, and nowhere else.
+
+Each has a public-API alternative only at a cost we measured or a behaviour we would lose;
+the reason is given next to it. ``tests/test_compat.py`` checks that each still has the
+shape used here and names the Scrapy/Twisted version when one does not. pyproject.toml
+pins the Scrapy and Twisted releases these were checked against.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from scrapy.core.downloader.handlers.http11 import (
+    _LenientHTTP11ClientFactory,
+    _LenientHTTP11ClientProtocol,
+)
+from scrapy.pipelines.media import _MediaRequestFiltered
+from scrapy.statscollectors import MemoryStatsCollector
+from twisted.internet.abstract import FileDescriptor
+
+# -- media pipeline --------------------------------------------------------------------
+
+# Raised from ``media_failed``, Scrapy's media pipeline logs nothing more for the image
+# (any other exception gets an ERROR line with a traceback, after our one WARNING line).
+MediaRequestFiltered = _MediaRequestFiltered
+
+
+def set_media_result_cache(pipeline, cache) -> None:
+    """Replace MediaPipeline's per-crawl result cache (``spiderinfo.downloaded``, a dict
+    that otherwise grows by one entry per image for the whole crawl)."""
+    pipeline.spiderinfo.downloaded = cache
+
+
+# -- HTTP/1.1 download handler ---------------------------------------------------------
+
+
+def send_now(transport) -> None:
+    """Write what a TCP ``transport`` has buffered now, as far as the socket takes it.
+
+    Twisted has no public flush: a write waits for the reactor's next poll. What the
+    socket does not take, and any error, stays with the reactor, as it would have. Over
+    TLS this does nothing: Twisted's TLS layer holds small writes for a reactor turn itself.
+    """
+    if isinstance(transport, FileDescriptor) and transport.connected and not transport.disconnecting:
+        transport.doWrite()
+
+
+class SendNowProtocol(_LenientHTTP11ClientProtocol):
+    """Scrapy's lenient HTTP/1.1 client protocol; each request goes onto the socket at once."""
+
+    def request(self, request):
+        d = super().request(request)
+        send_now(self.transport)
+        return d
+
+
+class SendNowFactory(_LenientHTTP11ClientFactory):
+    def buildProtocol(self, addr):  # noqa: N802 - Twisted's name
+        return SendNowProtocol(self._quiescentCallback)
+
+
+def use_send_now_protocol(handler) -> None:
+    """Make an ``HTTP11DownloadHandler``'s connection pool build :class:`SendNowProtocol`.
+    The pool has no public hook for its protocol; Scrapy sets its own factory this way."""
+    handler._pool._factory = SendNowFactory
+
+
+# -- log records of Scrapy's that imgcrawl reports itself, in one line ------------------
+
+# Scrapy's http11 handler warns with these for a body over DOWNLOAD_MAXSIZE and a cut-off
+# body; the pipeline reports the same image with its reason.
+MAXSIZE_TEXT = "download max size"
+DATALOSS_PREFIX = "Got data loss"
+
+
+def is_oversize_or_dataloss(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return MAXSIZE_TEXT in message or message.startswith(DATALOSS_PREFIX)
+
+
+def robots_download_error(record: logging.LogRecord):
+    """``(request, exception)`` when ``record`` is RobotsTxtMiddleware's "Error downloading"
+    ERROR for a robots.txt it could not fetch, else None."""
+    args = record.args if isinstance(record.args, dict) else {}
+    if str(record.msg).startswith("Error downloading") and isinstance(args.get("f_exception"), Exception):
+        return args["request"], args["f_exception"]
+    return None
+
+
+# -- stats -----------------------------------------------------------------------------
+
+
+class StatsCollector(MemoryStatsCollector):
+    """Scrapy's in-memory stats (``STATS_CLASS``) without 2.19's ``__getattribute__``, which
+    sends every attribute access, ``self._stats`` included, through a wrapper that warns
+    about a ``spider`` argument: a cost paid several times per request. A ``spider``
+    argument is still accepted, just not warned about."""
+
+    __getattribute__ = object.__getattribute__

@@ -1,0 +1,89 @@
+"""The manifest: one JSON line per image (``FEEDS``), or CSV with ``-o images.csv``.
+
+* :func:`manifest_uri_params` (``FEED_URI_PARAMS``) lets a feed URI say
+  ``%(images_store)s/manifest.jsonl``, so the manifest sits with the images.
+* :class:`RepairManifest` (an extension) cuts a half-written last line left by a killed
+  crawl before the feed exporter appends to the file.
+* :class:`ManifestCsvItemExporter` (``FEED_EXPORTERS["csv"]``) writes ``thumbs`` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from scrapy.exporters import CsvItemExporter
+
+logger = logging.getLogger(__name__)
+
+
+def fill_feed_uri(uri: str, images_store, name: str | None = None) -> str | None:
+    """A FEEDS key with ``%(images_store)s`` (and ``%(name)s`` if given) filled in; None
+    when it needs parameters only known during the crawl (``%(time)s`` ...)."""
+    params = {"images_store": images_store, **({"name": name} if name else {})}
+    try:
+        return str(uri) % params
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def manifest_uri_params(params: dict, spider) -> dict:
+    return {**params, "images_store": spider.settings.get("IMAGES_STORE")}
+
+
+def local_jsonl_feeds(settings) -> list[Path]:
+    """The local JSON-lines feeds (the manifest) whose paths are known before the crawl."""
+    paths = []
+    for uri, options in settings.getdict("FEEDS").items():
+        if (options or {}).get("format") not in ("jsonlines", "jl"):
+            continue
+        uri = fill_feed_uri(uri, settings.get("IMAGES_STORE"))
+        if uri is None:
+            continue  # depends on %(time)s etc.: a new file each crawl
+        if "://" not in uri or uri.startswith("file://"):
+            paths.append(Path(uri.removeprefix("file://")))
+    return paths
+
+
+def repair_jsonl(path: Path) -> bool:
+    """Cut a half-written last line (a crawl killed mid-write), so that the lines a resumed
+    crawl appends stay one JSON object each. True if something was cut."""
+    if not path.is_file():
+        return False
+    with path.open("r+b") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        f.seek(max(0, end - 1))
+        if end == 0 or f.read(1) == b"\n":
+            return False
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            f.seek(pos)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(pos + newline + 1)
+                return True
+        f.truncate(0)
+        return True
+
+
+class RepairManifest:
+    """Built with the crawler, before the feed exporter opens its files at spider open."""
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        for feed in local_jsonl_feeds(crawler.settings):
+            if repair_jsonl(feed):
+                logger.warning("Cut a half-written last line from %s (an earlier crawl was killed)", feed)
+        return cls()
+
+
+class ManifestCsvItemExporter(CsvItemExporter):
+    """Scrapy's CSV exporter writes a dict as its Python repr; JSON can be read back."""
+
+    def serialize_field(self, field, name, value):
+        if isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        return super().serialize_field(field, name, value)
