@@ -10,7 +10,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -86,6 +86,16 @@ def sniff_format(head: bytes) -> str | None:
 
 def extension_for(fmt: str) -> str:
     return FORMAT_EXTENSIONS.get(fmt, fmt.lower())
+
+
+def file_extension(url: str, body: bytes | None = None) -> str:
+    """The extension to store an image under: from its bytes when we have them, else from
+    the URL's path when it names a known format, else ``img``."""
+    fmt = sniff_format(body[:512]) if body is not None else None
+    if fmt:
+        return extension_for(fmt)
+    suffix = PurePosixPath(url.split("?", 1)[0]).suffix.lower().lstrip(".")
+    return suffix if suffix in FORMAT_EXTENSIONS.values() else "img"
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

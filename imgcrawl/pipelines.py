@@ -167,13 +167,7 @@ class GalleryImagesPipeline(ImagesPipeline):
     def file_path(self, request, response=None, info=None, *, item=None) -> str:
         """``full/<sha1 of url>.<ext>``, the extension from the bytes when we have them."""
         guid = hashlib.sha1(request.url.encode()).hexdigest()  # noqa: S324 - a name, not security
-        fmt = imaging.sniff_format(response.body[:512]) if response is not None else None
-        if fmt:
-            ext = imaging.extension_for(fmt)
-        else:
-            suffix = PurePosixPath(request.url.split("?", 1)[0]).suffix.lower().lstrip(".")
-            ext = suffix if suffix in imaging.FORMAT_EXTENSIONS.values() else "img"
-        return f"full/{guid}.{ext}"
+        return f"full/{guid}.{imaging.file_extension(request.url, response.body if response else None)}"
 
     async def media_to_download(self, request, info, *, item=None):
         """Already stored, fresh and complete? Then no download: one lookup, a few stats."""

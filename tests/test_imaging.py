@@ -184,3 +184,16 @@ def test_truncated_small_jpeg_is_refused_not_kept_as_thumbnail(tmp_path):
     with pytest.raises(imaging.ImageError) as info:
         run(tmp_path, data[: len(data) // 2])
     assert info.value.reason == "undecodable"
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "ext"),
+    [
+        ("http://h/a.jpg", b"\x89PNG\r\n\x1a\n" + bytes(16), "png"),  # the bytes win over the URL
+        ("http://h/a.JPG?w=300", None, "jpg"),  # no bytes yet: a known suffix, query ignored
+        ("http://h/a.php?id=1.png", None, "img"),  # the suffix of the path, not of the query
+        ("http://h/a.jpg", b"<html>not an image</html>", "jpg"),  # unknown bytes: the URL's
+    ],
+)
+def test_file_extension(url, body, ext):
+    assert imaging.file_extension(url, body) == ext
