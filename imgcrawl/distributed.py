@@ -16,7 +16,7 @@ import warnings
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider, NotConfigured, ScrapyDeprecationWarning
 
-from imgcrawl.extract import is_absolute_http
+from imgcrawl.links import is_absolute_http
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""Markup in, image URLs and links to follow out.
+"""Markup in, image URLs out: every image a page shows, each as its best full-size URL.
 
 Pure functions over parsel selectors (no Scrapy, no network), so every rule is tested on
-plain HTML strings.
+plain HTML strings. URLs resolve with :mod:`imgcrawl.links`, which also picks the pages
+to follow.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from lxml import etree
 from lxml.html import HtmlElement
 from parsel import Selector
-from w3lib.html import get_base_url, strip_html5_whitespace
-from w3lib.url import safe_url_string
+
+from imgcrawl.links import absolute_url, is_image_url, page_base, select
 
 # Attributes that may carry the real image of an <img>, best first. Lazy loaders keep the
 # real URL in data-* attributes and put a placeholder in src.
@@ -42,23 +43,11 @@ THUMBNAIL_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"}
 )
 
-IMAGE_EXTENSIONS = frozenset(
-    "jpg jpeg jpe jfif png gif webp avif bmp tif tiff svg heic heif".split()
-)
-
 _PLACEHOLDER_RE = re.compile(r"(?:^|[/_.-])(?:blank|placeholder|spacer|pixel|transparent|1x1)[._-]", re.I)
 # Whole file names lazy loaders use for their stand-in image.
 _PLACEHOLDER_STEMS = frozenset({"lazy", "loading", "loader", "empty", "grey", "gray"})
 _IMAGE_SET_RE = re.compile(r"(?:-webkit-)?image-set\(((?:[^()]|\([^()]*\))*)\)", re.I)
 _CSS_URL_RE = re.compile(r"url\(\s*(['\"]?)(.+?)\1\s*\)\s*(?:([\d.]+)x)?", re.I)
-_PAGE_PARAM_RE = re.compile(r"[?&](?:page|p|pg)=\d+", re.I)
-_PAGE_PATH_RE = re.compile(r"/page/\d+/?$", re.I)
-_NEXT_TEXT = ("next", "next page", "older", "more", "›", "»", "→", ">", ">>")
-_DETAIL_PATH_RE = re.compile(
-    r"/(?:gallery|galleries|album|albums|photo|photos|image|images|picture|pictures|"
-    r"detail|details|view|item|items|post|set|sets)(?:[/._-]|$)",
-    re.I,
-)
 
 
 @dataclass(frozen=True)
@@ -68,37 +57,6 @@ class ImageCandidate:
     url: str
     alt: str = ""
     title: str = ""
-
-
-@dataclass(frozen=True)
-class Links:
-    """Pages to follow from a page: pagination first, then gallery/detail pages."""
-
-    pagination: tuple[str, ...] = ()
-    details: tuple[str, ...] = ()
-
-
-def page_base(sel: Selector, page_url: str) -> str:
-    """The URL relative links resolve against: ``<base href>`` if the page has one."""
-    # Only the <base> elements go to w3lib: serializing the whole page for it cost more
-    # than finding the page's images.
-    return get_base_url("".join(sel.xpath("//base").getall()), page_url)
-
-
-def absolute_url(value: str | None, base: str) -> str | None:
-    """Resolve ``value`` against ``base``; None for empty, ``data:``, ``javascript:`` and
-    non-HTTP URLs. Whitespace is stripped, entities are already decoded by the parser,
-    fragments are dropped and the result is percent-encoded the way browsers do."""
-    if not value:
-        return None
-    value = strip_html5_whitespace(value)
-    if not value or value.startswith("#"):
-        return None
-    url = safe_url_string(urljoin(base, value))
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
-    return url.split("#", 1)[0]
 
 
 def parse_srcset(value: str) -> list[tuple[str, float, float]]:
@@ -155,18 +113,6 @@ def is_placeholder(url: str) -> bool:
         return True
     name = urlsplit(url).path.rsplit("/", 1)[-1]
     return bool(_PLACEHOLDER_RE.search(name + ".")) or name.split(".")[0].lower() in _PLACEHOLDER_STEMS
-
-
-def is_absolute_http(url: str) -> bool:
-    """An absolute http(s) URL with a host: what a start URL must be."""
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def is_image_url(url: str) -> bool:
-    """Does the URL's path end in an image file extension?"""
-    path = urlsplit(url).path.lower()
-    return "." in path and path.rsplit(".", 1)[1] in IMAGE_EXTENSIONS
 
 
 def _first_real(urls: Iterable[str | None], base: str) -> str | None:
@@ -376,7 +322,7 @@ def image_candidates(sel: Selector, page_url: str) -> list[ImageCandidate]:
         if result:
             url, inner = result
             found.add(url, inner.get("alt", ""), _nearest_title(inner))
-    for a in _links(sel):
+    for a in (link.root for link in sel.css("a")):
         url = link_full_url(a, base)
         if url:
             found.add(url, " ".join(a.itertext()), a.get("title", ""))
@@ -413,77 +359,3 @@ def _attr_values(item: Selector, attrs: Sequence[str]) -> Iterable[str | None]:
     for attr in attrs:
         for value in item.xpath(f"descendant-or-self::*/@{attr}").getall():
             yield largest_in_srcset(value) if attr.endswith("srcset") else value
-
-
-def select(sel: Selector, query: str) -> list[Selector]:
-    """CSS, or XPath when the query starts with ``/`` or ``(``."""
-    return sel.xpath(query) if query.lstrip().startswith(("/", "(")) else sel.css(query)
-
-
-def selected_links(sel: Selector, page_url: str, query: str, hosts: frozenset[str] | None = None) -> list[str]:
-    """Pages named by a selector: its elements' ``href`` (or the selected attribute/text)."""
-    base = page_base(sel, page_url)
-    raw = [
-        # An attribute or text node is the URL; an element gives its (or its link's) href.
-        node.get() if isinstance(node.root, str) else node.xpath("descendant-or-self::a/@href").get()
-        for node in select(sel, query)
-    ]
-    return _unique_links(raw, base, hosts, page_url)
-
-
-def rewrite_url(url: str, rules: Sequence[tuple[re.Pattern, str]]) -> str:
-    """Apply ``(pattern, replacement)`` rules in order, e.g. ``_thumb`` → ``_full``."""
-    for pattern, replacement in rules:
-        url = pattern.sub(replacement, url)
-    return url
-
-
-def _links(sel: Selector, query: str = "a") -> list[HtmlElement]:
-    return [a.root for a in sel.css(query)]
-
-
-def _same_site(url: str, hosts: frozenset[str] | None) -> bool:
-    return hosts is None or (urlsplit(url).hostname or "") in hosts
-
-
-def pagination_links(sel: Selector, page_url: str, hosts: frozenset[str] | None = None) -> list[str]:
-    """Next-page links: rel=next, "next"-like link text or class, ``?page=N`` and
-    ``/page/N`` links (numbered pagination, so pages fan out instead of forming a chain)."""
-    base = page_base(sel, page_url)
-    raw = sel.css("link[rel~=next]::attr(href), a[rel~=next]::attr(href)").getall()
-    for a in _links(sel, "a[href]"):
-        href = a.get("href")
-        text = " ".join(a.itertext()).strip().lower()
-        classes = a.get("class", "").lower()
-        if text in _NEXT_TEXT or "next" in classes.split() or _PAGE_PARAM_RE.search(href) or _PAGE_PATH_RE.search(href.split("?")[0]):
-            raw.append(href)
-    return _unique_links(raw, base, hosts, page_url)
-
-
-def detail_links(sel: Selector, page_url: str, hosts: frozenset[str] | None = None) -> list[str]:
-    """Gallery/album/detail pages: links that wrap a thumbnail or whose path names one."""
-    base = page_base(sel, page_url)
-    raw = []
-    for a in _links(sel, "a[href]"):
-        href = a.get("href")
-        url = absolute_url(href, base)
-        if not url or is_image_url(url):
-            continue
-        if next(a.iter("img", "picture"), None) is not None or _DETAIL_PATH_RE.search(urlsplit(url).path):
-            raw.append(href)
-    return _unique_links(raw, base, hosts, page_url)
-
-
-def _unique_links(raw, base: str, hosts, page_url: str) -> list[str]:
-    seen: dict[str, None] = {}
-    for href in raw:
-        url = absolute_url(href, base)
-        if url and url != page_url and not is_image_url(url) and _same_site(url, hosts):
-            seen.setdefault(url, None)
-    return list(seen)
-
-
-def follow_links(sel: Selector, page_url: str, hosts: frozenset[str] | None = None) -> Links:
-    pages = pagination_links(sel, page_url, hosts)
-    details = [u for u in detail_links(sel, page_url, hosts) if u not in pages]
-    return Links(tuple(pages), tuple(details))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from parsel import Selector
 
-from imgcrawl import extract
+from imgcrawl import extract, links
 
 PAGE = "https://site.example/gallery/page.html"
 
@@ -96,8 +96,8 @@ def test_link_to_image_file_is_taken_and_replaces_its_thumbnail():
 def test_thumbnail_linking_to_detail_page_is_not_taken():
     html = '<a href="/photo/42"><img src="/thumbs/42.jpg"></a>'
     assert urls(html) == []
-    links = extract.follow_links(Selector(text=html), PAGE, frozenset({"site.example"}))
-    assert links.details == ("https://site.example/photo/42",)
+    followed = links.follow_links(Selector(text=html), PAGE, frozenset({"site.example"}))
+    assert followed.details == ("https://site.example/photo/42",)
 
 
 def test_alt_and_title_recorded():
@@ -114,8 +114,8 @@ def test_pagination_rel_next_text_and_page_numbers():
         '<a class="pager next" href="/g?p=9">›</a><a href="/other">Next</a>'
         '<a href="https://elsewhere.example/?page=2">2</a>'
     )
-    links = extract.pagination_links(Selector(text=html), PAGE, frozenset({"site.example"}))
-    assert links == [
+    pages = links.pagination_links(Selector(text=html), PAGE, frozenset({"site.example"}))
+    assert pages == [
         "https://site.example/gallery/page.html?page=2",
         "https://site.example/gallery/page.html?page=3",
         "https://site.example/gallery/page/4/",
@@ -131,11 +131,11 @@ def test_detail_links_stay_on_site_and_skip_image_files():
         '<a href="/photos/1.jpg">file</a>'
         '<a href="/contact">contact</a>'
     )
-    links = extract.detail_links(Selector(text=html), PAGE, frozenset({"site.example"}))
-    assert links == ["https://site.example/album/summer"]
+    details = links.detail_links(Selector(text=html), PAGE, frozenset({"site.example"}))
+    assert details == ["https://site.example/album/summer"]
 
 
 def test_absolute_url_rejects_non_http_and_cleans_whitespace():
-    assert extract.absolute_url("javascript:void(0)", PAGE) is None
-    assert extract.absolute_url("  \n /a b.jpg \t", PAGE) == "https://site.example/a%20b.jpg"
-    assert extract.absolute_url("mailto:x@y", PAGE) is None
+    assert links.absolute_url("javascript:void(0)", PAGE) is None
+    assert links.absolute_url("  \n /a b.jpg \t", PAGE) == "https://site.example/a%20b.jpg"
+    assert links.absolute_url("mailto:x@y", PAGE) is None

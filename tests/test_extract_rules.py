@@ -7,7 +7,7 @@ import re
 import pytest
 from parsel import Selector
 
-from imgcrawl import extract
+from imgcrawl import extract, links
 
 PAGE = "https://photos.example/gallery/page.html"
 GIF_1x1 = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
@@ -142,7 +142,7 @@ def test_thumbnail_linking_to_a_detail_page_is_followed_not_taken():
     html = '<a href="/photo/42/"><img data-src="/thumbs/42.jpg"></a>'
     sel = Selector(text=html)
     assert urls(html) == []
-    assert extract.detail_links(sel, PAGE) == ["https://photos.example/photo/42/"]
+    assert links.detail_links(sel, PAGE) == ["https://photos.example/photo/42/"]
 
 
 # -- page-level images -----------------------------------------------------------------
@@ -216,12 +216,12 @@ def test_item_candidates_without_attributes_use_the_generic_rules_per_item():
 
 def test_selected_links_css_and_xpath():
     sel = Selector(text=GRID)
-    assert extract.selected_links(sel, PAGE, "nav a.next") == ["https://photos.example/gallery/2"]
-    assert extract.selected_links(sel, PAGE, "//nav/a/@href") == ["https://photos.example/gallery/2"]
-    assert extract.selected_links(sel, PAGE, "nav") == ["https://photos.example/gallery/2"]
+    assert links.selected_links(sel, PAGE, "nav a.next") == ["https://photos.example/gallery/2"]
+    assert links.selected_links(sel, PAGE, "//nav/a/@href") == ["https://photos.example/gallery/2"]
+    assert links.selected_links(sel, PAGE, "nav") == ["https://photos.example/gallery/2"]
 
 
 def test_rewrite_url_rules_apply_in_order():
     rules = [(re.compile(r"_thumb(\.\w+)$"), r"_full\1"), (re.compile(r"[?&]w=\d+$"), "")]
-    assert extract.rewrite_url("https://x.example/a_thumb.jpg", rules) == "https://x.example/a_full.jpg"
-    assert extract.rewrite_url("https://x.example/b.jpg?w=300", rules) == "https://x.example/b.jpg"
+    assert links.rewrite_url("https://x.example/a_thumb.jpg", rules) == "https://x.example/a_full.jpg"
+    assert links.rewrite_url("https://x.example/b.jpg?w=300", rules) == "https://x.example/b.jpg"

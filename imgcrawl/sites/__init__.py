@@ -30,7 +30,7 @@ from typing import Any
 
 from parsel import Selector
 
-from imgcrawl import extract
+from imgcrawl import links
 
 SITES_DIR = Path(__file__).resolve().parent
 
@@ -60,7 +60,7 @@ class SiteProfile:
 
     def image_url(self, url: str) -> str | None:
         """``url`` rewritten by the rules, or None when include/exclude rule it out."""
-        url = extract.rewrite_url(url, self.rewrite)
+        url = links.rewrite_url(url, self.rewrite)
         if self.include and not any(p.search(url) for p in self.include):
             return None
         if any(p.search(url) for p in self.exclude):
@@ -142,6 +142,6 @@ def _regex(pattern: str, where: str) -> re.Pattern:
 
 def _check_selector(query: str, where: str) -> None:
     try:
-        extract.select(Selector(text="<html></html>"), query)
+        links.select(Selector(text="<html></html>"), query)
     except Exception as exc:  # cssselect and lxml raise several unrelated types
         raise ProfileError(f"{where}: bad selector {query!r}: {exc}") from None

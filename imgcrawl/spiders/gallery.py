@@ -19,7 +19,7 @@ import scrapy
 from scrapy.http import Response, TextResponse
 from twisted.python.failure import Failure
 
-from imgcrawl import distributed, extract, sites
+from imgcrawl import distributed, extract, links, sites
 from imgcrawl.items import GalleryItem
 from imgcrawl.failures import report_failure
 
@@ -39,7 +39,7 @@ def parse_urls(value: str | None, example: str) -> list[str]:
         raise BadArgument(missing_url(example))
     urls = [u.strip() for u in value.split(",") if u.strip()]
     for url in urls:
-        if not extract.is_absolute_http(url):
+        if not links.is_absolute_http(url):
             raise BadArgument(
                 f"bad -a url={url!r}: need an absolute http(s) URL, e.g. {example}"
             )
@@ -197,13 +197,13 @@ class GallerySpider(scrapy.Spider):
 
     def next_pages(self, response: TextResponse) -> Iterable[str]:
         if self.profile and self.profile.next_page:
-            return extract.selected_links(response.selector, response.url, self.profile.next_page, self.site_hosts(response))
-        return extract.pagination_links(response.selector, response.url, self.site_hosts(response))
+            return links.selected_links(response.selector, response.url, self.profile.next_page, self.site_hosts(response))
+        return links.pagination_links(response.selector, response.url, self.site_hosts(response))
 
     def detail_pages(self, response: TextResponse) -> Iterable[str]:
         if self.profile and self.profile.detail_page:
-            return extract.selected_links(response.selector, response.url, self.profile.detail_page, self.site_hosts(response))
-        return extract.detail_links(response.selector, response.url, self.site_hosts(response))
+            return links.selected_links(response.selector, response.url, self.profile.detail_page, self.site_hosts(response))
+        return links.detail_links(response.selector, response.url, self.site_hosts(response))
 
     def rewrite(self, url: str) -> str | None:
         """The URL to fetch for an image found as ``url``; None skips it."""
