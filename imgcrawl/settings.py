@@ -43,9 +43,9 @@ REDIRECT_MAX_TIMES = 5
 DOWNLOADER_MIDDLEWARES = {
     # First, so no other middleware works on a request that is refused. Every request passes
     # it wherever it sits: pages, images, robots.txt, each redirect hop and each retry.
-    "imgcrawl.middlewares.PrivateAddressGuard": 60,
+    "imgcrawl.guard.PrivateAddressGuard": 60,
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
-    "imgcrawl.middlewares.BackoffRetryMiddleware": 550,
+    "imgcrawl.retry.BackoffRetryMiddleware": 550,
 }
 # SSRF guard: loopback, private, link-local and metadata addresses are refused. The demo and
 # the tests crawl 127.0.0.1 on purpose and set this to True.

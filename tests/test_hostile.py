@@ -322,7 +322,7 @@ def test_retries_are_bounded_and_honour_retry_after(crawl):
 def test_retry_after_header_forms():
     from email.utils import formatdate
 
-    from imgcrawl.middlewares import retry_after
+    from imgcrawl.retry import retry_after
 
     now = 1_800_000_000.0
     assert retry_after(b"7", now) == 7.0

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import LocalSite, run_crawl
 from imgcrawl import settings as defaults
-from imgcrawl.middlewares import is_public
+from imgcrawl.guard import is_public
 from imgcrawl.failures import Failed
 from imgcrawl.stores import store_path
 
@@ -123,7 +123,7 @@ def test_guard_refuses_a_name_resolving_to_loopback_by_default(tmp_path):
 # 127.0.0.1 stands in for "the public internet" (the only address a test can serve on);
 # every other non-public address is refused by the real guard.
 GUARD_SUBCLASS = '''
-from imgcrawl.middlewares import PrivateAddressGuard
+from imgcrawl.guard import PrivateAddressGuard
 
 class LoopbackIsPublic(PrivateAddressGuard):
     def allowed(self, address):
@@ -155,7 +155,7 @@ def test_guard_checks_every_image_and_every_redirect_hop(tmp_path):
     port_holder["port"] = site.port
     site.files["/"] = ("text/html", page.format(port=site.port).encode())
     (tmp_path / "guardtest.py").write_text(GUARD_SUBCLASS)
-    middlewares = {**defaults.DOWNLOADER_MIDDLEWARES, "imgcrawl.middlewares.PrivateAddressGuard": None,
+    middlewares = {**defaults.DOWNLOADER_MIDDLEWARES, "imgcrawl.guard.PrivateAddressGuard": None,
                    "guardtest.LoopbackIsPublic": 60}
     try:
         result = run_crawl(tmp_path, "-a", f"url={site.url('/')}", settings={
