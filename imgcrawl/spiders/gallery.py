@@ -267,7 +267,7 @@ class GallerySpider(scrapy.Spider):
         if not isinstance(response, TextResponse):
             return
         seen: set[str] = set()
-        for candidate in self.image_candidates(response):
+        for position, candidate in enumerate(self.image_candidates(response)):
             if self.enough_images():
                 break
             url = self.rewrite(candidate.url)
@@ -278,6 +278,7 @@ class GallerySpider(scrapy.Spider):
             yield GalleryItem(
                 image_urls=[url],
                 page_url=response.url,
+                position=position,
                 alt=candidate.alt,
                 title=candidate.title,
             )
