@@ -99,25 +99,14 @@ def test_contact_sheet_keeps_page_order_when_downloads_finish_out_of_order(tmp_p
     """Each page's first image is served slowly, so it is stored last; the sheet still
     shows every page's images in their order on the page, pages in crawl order."""
     rng = random.Random(11)
-    files, slow = {}, {}
+    files = {}
     for page, count in ((1, 4), (2, 3)):
         imgs = "".join(f'<img src="/img/p{page}-{i}.jpg" alt="p{page}-{i}">' for i in range(count))
         more = '<a rel="next" href="/g/?page=2">next</a>' if page == 1 else ""
         files[f"/g/?page={page}"] = ("text/html", f"<html><body>{imgs}{more}</body></html>".encode())
         for i in range(count):
             files[f"/img/p{page}-{i}.jpg"] = ("image/jpeg", make_image(rng, "jpg", f"p{page}-{i}"))
-        slow[f"/img/p{page}-0.jpg"] = files.pop(f"/img/p{page}-0.jpg")[1]
-
-    def late(handler):
-        time.sleep(1.5)
-        body = slow[handler.path]
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    site = LocalSite(files, handlers={path: late for path in slow}).start()
+    site = LocalSite(files, delays={"/img/p1-0.jpg": 1.5, "/img/p2-0.jpg": 1.5}).start()
     try:
         result = run_crawl(tmp_path, "-a", f"url={site.url('/g/?page=1')}")
     finally:
