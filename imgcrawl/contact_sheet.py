@@ -24,6 +24,7 @@ def record_for(item: dict) -> dict:
     return {
         "u": item.get("url"),
         "g": item.get("page_url") or "",
+        "o": item.get("position"),
         "a": item.get("alt") or item.get("title") or "",
         "s": item.get("status"),
         "r": item.get("reason"),
@@ -123,12 +124,15 @@ h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:bre
 <script id="data" type="application/json">{{data}}</script>
 <script>
 "use strict";
-// Stored images grouped by the page they were found on, pages in crawl order.
+// Stored images grouped by the page they were found on, pages in crawl order. Records come
+// in the order downloads finished: each page's images are put back in their order on it.
 const groups = new Map();
 for (const im of JSON.parse(document.getElementById("data").textContent)) {
   const group = groups.get(im.g);
   group ? group.push(im) : groups.set(im.g, [im]);
 }
+const position = (im) => im.o ?? Infinity;  // a record without one stays after those with one
+for (const group of groups.values()) group.sort((a, b) => position(a) - position(b) || 0);
 const images = Array.from(groups.values()).flat();
 const pageSize = {{page_size}};
 const pages = Math.max(1, Math.ceil(images.length / pageSize));

@@ -9,6 +9,7 @@ class GalleryItem(scrapy.Item):
     # Set by the spider.
     image_urls = scrapy.Field()  # [url]: the one full-size URL the pipeline fetches
     page_url = scrapy.Field()  # the page the image was found on
+    position = scrapy.Field()  # its place among the page's images (0 first), as found there
     alt = scrapy.Field()
     title = scrapy.Field()
     # Set by the pipeline (see pipelines.RESULT_FIELDS).

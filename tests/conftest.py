@@ -33,12 +33,14 @@ class LocalSite:
     """Files served over HTTP/1.1 keep-alive on 127.0.0.1 at a free port.
 
     ``files`` maps a path (with query) to ``(content_type, body)``; ``handlers`` maps a
-    path to a callable that writes its own response. ``hits`` counts requests per path
-    and ``connections`` counts TCP connections, so tests can assert what was fetched.
+    path to a callable that writes its own response; ``delays`` maps a path to seconds to
+    wait before answering. ``hits`` counts requests per path and ``connections`` counts
+    TCP connections, so tests can assert what was fetched.
     """
 
     files: dict[str, tuple[str, bytes]]
     handlers: dict[str, Handler] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)
     hits: Counter = field(default_factory=Counter)
     connections: int = 0
     port: int = 0
@@ -62,6 +64,7 @@ class LocalSite:
             def do_GET(self):  # noqa: N802 - http.server's name
                 with lock:
                     site.hits[self.path] += 1
+                time.sleep(site.delays.get(self.path, 0))
                 if self.path in site.handlers:
                     site.handlers[self.path](self)
                     return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -11,8 +12,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from conftest import REPO, run_crawl
+from conftest import REPO, LocalSite, run_crawl
 from imgcrawl import contact_sheet
+from imgcrawl.demo import make_image
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; .ci/run installs it
 ARTIFACTS = REPO / "test-artifacts"
@@ -90,6 +92,36 @@ def test_contact_sheet_of_a_crawl(demo_site, tmp_path, browser):
     assert all(local_path(url).is_relative_to(result.store) for url in requests)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "contact-sheet.png"), full_page=True)
+    page.close()
+
+
+def test_contact_sheet_keeps_page_order_when_downloads_finish_out_of_order(tmp_path, browser):
+    """Each page's first image is served slowly, so it is stored last; the sheet still
+    shows every page's images in their order on the page, pages in crawl order."""
+    rng = random.Random(11)
+    files = {}
+    for page, count in ((1, 4), (2, 3)):
+        imgs = "".join(f'<img src="/img/p{page}-{i}.jpg" alt="p{page}-{i}">' for i in range(count))
+        more = '<a rel="next" href="/g/?page=2">next</a>' if page == 1 else ""
+        files[f"/g/?page={page}"] = ("text/html", f"<html><body>{imgs}{more}</body></html>".encode())
+        for i in range(count):
+            files[f"/img/p{page}-{i}.jpg"] = ("image/jpeg", make_image(rng, "jpg", f"p{page}-{i}"))
+    site = LocalSite(files, delays={"/img/p1-0.jpg": 1.5, "/img/p2-0.jpg": 1.5}).start()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/g/?page=1')}")
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    # The manifest is in the order downloads finished: each first image came after its page's others.
+    finished = [line["alt"] for line in result.manifest()]
+    assert sorted(finished) == ["p1-0", "p1-1", "p1-2", "p1-3", "p2-0", "p2-1", "p2-2"]
+    assert finished.index("p1-0") > finished.index("p1-3") and finished.index("p2-0") > finished.index("p2-2")
+
+    page = open_sheet(browser, result.store / "index.html", [])
+    assert page.locator("main h2").all_inner_texts() == [site.url("/g/?page=1"), site.url("/g/?page=2")]
+    shown = [grid.locator("img").evaluate_all("imgs => imgs.map(img => img.alt)")
+             for grid in page.locator("main .grid").all()]
+    assert shown == [["p1-0", "p1-1", "p1-2", "p1-3"], ["p2-0", "p2-1", "p2-2"]]
     page.close()
 
 

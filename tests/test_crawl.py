@@ -107,6 +107,67 @@ def test_max_pages_bounds_the_crawl(demo_site, tmp_path):
     assert pages == ["/gallery/"]
 
 
+def cyclic_gallery(pages: int) -> dict[str, tuple[str, bytes]]:
+    """``pages`` numbered pages; page N links back to every earlier page (each link three
+    times) before linking to page N + 1, and the last page back to the first: cycles, and
+    every page after the first repeats links to pages already crawled. One image each."""
+    rng = random.Random(5)
+    files = {}
+    for n in range(1, pages + 1):
+        back = "".join(f'<a href="/g/?page={k}">{k}</a>' * 3 for k in range(1, n))
+        forward = f'<a href="/g/?page={n % pages + 1}">next</a>'
+        files[f"/img/{n}.jpg"] = ("image/jpeg", make_image(rng, "jpg", str(n)))
+        files[f"/g/?page={n}"] = (
+            "text/html", f'<html><body><img src="/img/{n}.jpg">{back}{forward}</body></html>'.encode()
+        )
+    return files
+
+
+def test_max_pages_counts_distinct_pages_only(tmp_path):
+    """Links back to pages already crawled are duplicates: they use none of max_pages."""
+    site = LocalSite(cyclic_gallery(pages=12)).start()
+    try:
+        limited = run_crawl(tmp_path, "-a", f"url={site.url('/g/?page=1')}", "-a", "max_pages=5",
+                            store=tmp_path / "limited", settings={"IMAGES_THUMBS": "{}"})
+        limited_hits = {p: n for p, n in site.hits.items() if p.startswith("/g/")}
+        site.hits.clear()
+        everything = run_crawl(tmp_path, "-a", f"url={site.url('/g/?page=1')}",
+                               store=tmp_path / "all", settings={"IMAGES_THUMBS": "{}"})
+        all_hits = {p: n for p, n in site.hits.items() if p.startswith("/g/")}
+    finally:
+        site.stop()
+    assert limited.returncode == 0, limited.log[-3000:]
+    assert limited_hits == {f"/g/?page={n}": 1 for n in range(1, 6)}
+    assert len(limited.manifest()) == 5
+    assert everything.returncode == 0, everything.log[-3000:]
+    assert all_hits == {f"/g/?page={n}": 1 for n in range(1, 13)}
+    assert len(everything.manifest()) == 12
+
+
+def test_max_pages_holds_when_spider_output_is_read_ahead(tmp_path):
+    """Under the asyncio reactor Scrapy reads a callback's output ahead of scheduling it:
+    the first page's eleven links are all made before any is scheduled, and still only
+    max_pages pages are fetched."""
+    rng = random.Random(6)
+    links = "".join(f'<a href="/g/?page={n}">{n}</a>' for n in range(1, 13))
+    files = {}
+    for n in range(1, 13):
+        files[f"/img/{n}.jpg"] = ("image/jpeg", make_image(rng, "jpg", str(n)))
+        files[f"/g/?page={n}"] = ("text/html", f'<html><body><img src="/img/{n}.jpg">{links}</body></html>'.encode())
+    site = LocalSite(files).start()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/g/?page=1')}", "-a", "max_pages=5", settings={
+            "IMAGES_THUMBS": "{}", "TWISTED_REACTOR": "twisted.internet.asyncioreactor.AsyncioSelectorReactor",
+            "LOG_LEVEL": "DEBUG",  # for the "Using reactor" line
+        })
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Using reactor: twisted.internet.asyncioreactor.AsyncioSelectorReactor" in result.log
+    pages = {p: n for p, n in site.hits.items() if p.startswith("/g/")}
+    assert len(pages) == 5 and set(pages.values()) == {1}, pages
+
+
 def test_bad_argument_gives_one_line_and_no_crawl(demo_site, tmp_path):
     for args, expected in (
         ((), "missing -a url=..."),

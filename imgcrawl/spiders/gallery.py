@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import scrapy
+from scrapy import signals
+from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response, TextResponse
 from twisted.python.failure import Failure
 
@@ -24,6 +26,10 @@ from imgcrawl.items import GalleryItem
 from imgcrawl.failures import report_failure
 
 logger = logging.getLogger(__name__)
+
+# Marks a request from page_request() as a page max_pages counts. Taken off when the engine
+# schedules the request, so its retries and redirects (which copy its meta) do not count again.
+NEW_PAGE = "imgcrawl_new_page"
 
 
 class BadArgument(ValueError):
@@ -128,9 +134,9 @@ class GallerySpider(scrapy.Spider):
         self.argument_error: str | None = None
         self.max_pages: int | None = None
         self.max_images: int | None = None
-        self.pages_scheduled = 0
+        self.pages_scheduled = 0  # new pages the scheduler took (not duplicates)
         self.images_queued = 0
-        self._seen_pages: set[str] = set()
+        self._counted: scrapy.Request | None = None
         self.profile: sites.SiteProfile | None = None
         self.cmd_example = cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
         self.url_missing = False
@@ -168,6 +174,8 @@ class GallerySpider(scrapy.Spider):
             # settings still apply; -s on the command line (higher priority) wins.
             crawler.settings.setdict(spider.profile.settings, priority="spider")
         spider.detail_depth = crawler.settings.getint("IMGCRAWL_DETAIL_DEPTH", 3)
+        crawler.signals.connect(spider.page_scheduled, signal=signals.request_scheduled)
+        crawler.signals.connect(spider.page_dropped, signal=signals.request_dropped)
         if distributed.redis_url(crawler.settings):
             # The shared frontier holds pages of every worker's sites: no offsite filter
             # from this worker's own start URLs; links are followed within each page's site.
@@ -219,15 +227,37 @@ class GallerySpider(scrapy.Spider):
     def enough_images(self) -> bool:
         return self.max_images is not None and self.images_queued >= self.max_images
 
+    def enough_pages(self) -> bool:
+        return self.max_pages is not None and self.pages_scheduled >= self.max_pages
+
     def page_request(self, url: str, **kwargs: Any) -> scrapy.Request | None:
-        """A request for a page not seen before, within ``max_pages``."""
-        if url in self._seen_pages or self.enough_images():
+        """A request for a page, or None once ``max_pages`` pages are scheduled or enough
+        images are queued. Pages already crawled are left to Scrapy's dupefilter (which
+        JOBDIR persists and a distributed crawl shares)."""
+        if self.enough_images() or self.enough_pages():
             return None
-        if self.max_pages is not None and self.pages_scheduled >= self.max_pages:
-            return None
-        self._seen_pages.add(url)
+        request = scrapy.Request(url, callback=self.parse, errback=self.page_failed, **kwargs)
+        request.meta[NEW_PAGE] = True
+        return request
+
+    # The engine sends request_scheduled, offers the request to the scheduler, and sends
+    # request_dropped if the dupefilter refused it, all in one synchronous call: a page is
+    # counted on the first and given back on the second, so duplicates cost no max_pages.
+
+    def page_scheduled(self, request: scrapy.Request) -> None:
+        if not request.meta.pop(NEW_PAGE, False):
+            return  # a retry or redirect of a page already counted, or not a page_request page
+        if self.enough_pages():
+            # The exact check: spider output can be read ahead of scheduling (the asyncio
+            # reactor queues a callback's output), so page_request may have said yes too often.
+            raise IgnoreRequest
         self.pages_scheduled += 1
-        return scrapy.Request(url, callback=self.parse, errback=self.page_failed, **kwargs)
+        self._counted = request
+
+    def page_dropped(self, request: scrapy.Request) -> None:
+        if request is self._counted:
+            self.pages_scheduled -= 1
+        self._counted = None
 
     def page_failed(self, failure: Failure) -> None:
         """One WARNING line with the reason and a stat, instead of Scrapy's ERROR + traceback."""
@@ -237,7 +267,7 @@ class GallerySpider(scrapy.Spider):
         if not isinstance(response, TextResponse):
             return
         seen: set[str] = set()
-        for candidate in self.image_candidates(response):
+        for position, candidate in enumerate(self.image_candidates(response)):
             if self.enough_images():
                 break
             url = self.rewrite(candidate.url)
@@ -248,6 +278,7 @@ class GallerySpider(scrapy.Spider):
             yield GalleryItem(
                 image_urls=[url],
                 page_url=response.url,
+                position=position,
                 alt=candidate.alt,
                 title=candidate.title,
             )
