@@ -10,7 +10,6 @@ import hashlib
 import html
 import socket
 import struct
-import threading
 import time
 import zlib
 from io import BytesIO
