@@ -8,8 +8,6 @@ profile (``site_profile = "wordpress"``, see :mod:`imgcrawl.sites`); ``-a site=N
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -21,9 +19,10 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response, TextResponse
 from twisted.python.failure import Failure
 
-from imgcrawl import distributed, extract, links, sites
-from imgcrawl.items import GalleryItem
+from imgcrawl import distributed, extract, links
+from imgcrawl.arguments import init_parameters, missing_url, parse_arguments
 from imgcrawl.failures import report_failure
+from imgcrawl.items import GalleryItem
 
 logger = logging.getLogger(__name__)
 
@@ -32,69 +31,40 @@ logger = logging.getLogger(__name__)
 NEW_PAGE = "imgcrawl_new_page"
 
 
-class BadArgument(ValueError):
-    """A spider argument that is missing or malformed; its message is the one line shown."""
+class PageBudget:
+    """``max_pages``, counted as pages the scheduler accepted.
 
+    The engine sends request_scheduled, offers the request to the scheduler, and sends
+    request_dropped if the dupefilter refused it, all in one synchronous call: a page is
+    counted on the first and given back on the second, so duplicates cost no budget.
+    """
 
-def missing_url(example: str) -> str:
-    return f"missing -a url=...: give the gallery to crawl, e.g. {example}"
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.count = 0
+        self._counted: scrapy.Request | None = None
 
+    def full(self) -> bool:
+        return self.limit is not None and self.count >= self.limit
 
-def parse_urls(value: str | None, example: str) -> list[str]:
-    if not value or not value.strip():
-        raise BadArgument(missing_url(example))
-    urls = [u.strip() for u in value.split(",") if u.strip()]
-    for url in urls:
-        if not links.is_absolute_http(url):
-            raise BadArgument(
-                f"bad -a url={url!r}: need an absolute http(s) URL, e.g. {example}"
-            )
-    return urls
+    def mark(self, request: scrapy.Request) -> scrapy.Request:
+        request.meta[NEW_PAGE] = True
+        return request
 
+    def scheduled(self, request: scrapy.Request) -> None:
+        if not request.meta.pop(NEW_PAGE, False):
+            return  # a retry or redirect of a page already counted, or not a page_request page
+        if self.full():
+            # The exact check: spider output can be read ahead of scheduling (the asyncio
+            # reactor queues a callback's output), so page_request may have said yes too often.
+            raise IgnoreRequest
+        self.count += 1
+        self._counted = request
 
-def parse_count(name: str, value: Any, default: int | None) -> int | None:
-    if value is None or value == "":
-        return default
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = -1
-    if number < 1:
-        raise BadArgument(
-            f"bad -a {name}={value!r}: need a whole number of at least 1, e.g. -a {name}=100"
-        )
-    return number
-
-
-def check_known(given: Iterable[str], known: list[str]) -> None:
-    """Refuse a mistyped ``-a`` name; ``_``-prefixed ones (scrapyd's ``_job``) are fine."""
-    for name in given:
-        if not name.startswith("_") and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean -a {close[0]}=...? " if close else ""
-            raise BadArgument(f"unknown -a {name}=...: {hint}known arguments: {', '.join(known)}")
-
-
-def parse_profile_args(site: str | None, profile: str | None, default: str | None) -> sites.SiteProfile | None:
-    """The site profile named by ``-a site=NAME`` or ``-a profile=FILE``, else ``default``."""
-    if site and profile:
-        raise BadArgument(
-            f"give -a site=NAME or -a profile=FILE, not both (got site={site!r}, profile={profile!r}); "
-            "e.g. -a site=wordpress or -a profile=mysite.toml"
-        )
-    if profile is not None:
-        try:
-            return sites.load_profile(profile)
-        except sites.ProfileError as exc:
-            raise BadArgument(f"bad -a profile={profile!r}: {exc}; e.g. -a profile=mysite.toml") from None
-    name = site if site is not None else default
-    if name is None:
-        return None
-    try:
-        return sites.find_profile(name.strip())
-    except sites.ProfileError as exc:
-        example = next(iter(sites.builtin_profiles()), "NAME")
-        raise BadArgument(f"bad -a site={name!r}: {exc}; e.g. -a site={example}") from None
+    def dropped(self, request: scrapy.Request) -> None:
+        if request is self._counted:
+            self.count -= 1
+        self._counted = None
 
 
 class GallerySpider(scrapy.Spider):
@@ -111,14 +81,7 @@ class GallerySpider(scrapy.Spider):
 
     @classmethod
     def known_arguments(cls) -> list[str]:
-        names = [
-            p.name
-            for klass in reversed(cls.__mro__)
-            if issubclass(klass, GallerySpider) and "__init__" in vars(klass)
-            for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
-            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-        return list(dict.fromkeys([*names, *cls.extra_arguments]))
+        return init_parameters(cls, GallerySpider, cls.extra_arguments)
 
     def __init__(
         self,
@@ -131,32 +94,17 @@ class GallerySpider(scrapy.Spider):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        self.argument_error: str | None = None
-        self.max_pages: int | None = None
-        self.max_images: int | None = None
-        self.pages_scheduled = 0  # new pages the scheduler took (not duplicates)
+        self.cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
+        parsed = parse_arguments(
+            url, max_pages, max_images, site, profile, given=kwargs, known=self.known_arguments(),
+            default_profile=self.site_profile, start_urls=list(getattr(self, "start_urls", None) or ()),
+            example=self.cmd_example,
+        )
+        self.argument_error = parsed.error
+        self.profile, self.start_urls, self.url_missing = parsed.profile, parsed.start_urls, parsed.url_missing
+        self.max_images = parsed.max_images
         self.images_queued = 0
-        self._counted: scrapy.Request | None = None
-        self.profile: sites.SiteProfile | None = None
-        self.cmd_example = cmd_example = f"scrapy crawl {self.name} -a url={self.example_url}"
-        self.url_missing = False
-        try:
-            check_known(kwargs, self.known_arguments())
-            self.profile = parse_profile_args(site, profile, self.site_profile)
-            if self.profile and self.profile.start_urls and not getattr(self, "start_urls", None):
-                self.start_urls = list(self.profile.start_urls)
-            # Checked in from_crawler(): a distributed worker may take its start URLs from Redis.
-            self.url_missing = url is None and not getattr(self, "start_urls", None)
-            if self.url_missing:
-                self.start_urls = []
-            elif url is not None:
-                self.start_urls = parse_urls(url, cmd_example)
-            self.max_pages = parse_count("max_pages", max_pages, None)
-            self.max_images = parse_count("max_images", max_images, None)
-        except BadArgument as exc:
-            self.argument_error = str(exc)
-            self.start_urls = []
-            return
+        self.pages = PageBudget(parsed.max_pages)
         # Stay inside the start URLs' sites and the site's own domains (images on CDNs are
         # allowed by the pipeline).
         self.allowed_hosts = frozenset(
@@ -174,8 +122,8 @@ class GallerySpider(scrapy.Spider):
             # settings still apply; -s on the command line (higher priority) wins.
             crawler.settings.setdict(spider.profile.settings, priority="spider")
         spider.detail_depth = crawler.settings.getint("IMGCRAWL_DETAIL_DEPTH", 3)
-        crawler.signals.connect(spider.page_scheduled, signal=signals.request_scheduled)
-        crawler.signals.connect(spider.page_dropped, signal=signals.request_dropped)
+        crawler.signals.connect(spider.pages.scheduled, signal=signals.request_scheduled)
+        crawler.signals.connect(spider.pages.dropped, signal=signals.request_dropped)
         if distributed.redis_url(crawler.settings):
             # The shared frontier holds pages of every worker's sites: no offsite filter
             # from this worker's own start URLs; links are followed within each page's site.
@@ -227,37 +175,13 @@ class GallerySpider(scrapy.Spider):
     def enough_images(self) -> bool:
         return self.max_images is not None and self.images_queued >= self.max_images
 
-    def enough_pages(self) -> bool:
-        return self.max_pages is not None and self.pages_scheduled >= self.max_pages
-
     def page_request(self, url: str, **kwargs: Any) -> scrapy.Request | None:
         """A request for a page, or None once ``max_pages`` pages are scheduled or enough
         images are queued. Pages already crawled are left to Scrapy's dupefilter (which
         JOBDIR persists and a distributed crawl shares)."""
-        if self.enough_images() or self.enough_pages():
+        if self.enough_images() or self.pages.full():
             return None
-        request = scrapy.Request(url, callback=self.parse, errback=self.page_failed, **kwargs)
-        request.meta[NEW_PAGE] = True
-        return request
-
-    # The engine sends request_scheduled, offers the request to the scheduler, and sends
-    # request_dropped if the dupefilter refused it, all in one synchronous call: a page is
-    # counted on the first and given back on the second, so duplicates cost no max_pages.
-
-    def page_scheduled(self, request: scrapy.Request) -> None:
-        if not request.meta.pop(NEW_PAGE, False):
-            return  # a retry or redirect of a page already counted, or not a page_request page
-        if self.enough_pages():
-            # The exact check: spider output can be read ahead of scheduling (the asyncio
-            # reactor queues a callback's output), so page_request may have said yes too often.
-            raise IgnoreRequest
-        self.pages_scheduled += 1
-        self._counted = request
-
-    def page_dropped(self, request: scrapy.Request) -> None:
-        if request is self._counted:
-            self.pages_scheduled -= 1
-        self._counted = None
+        return self.pages.mark(scrapy.Request(url, callback=self.parse, errback=self.page_failed, **kwargs))
 
     def page_failed(self, failure: Failure) -> None:
         """One WARNING line with the reason and a stat, instead of Scrapy's ERROR + traceback."""
