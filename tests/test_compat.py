@@ -23,7 +23,7 @@ from conftest import LocalSite
 from scrapy.utils.test import get_crawler
 
 REPO = Path(__file__).resolve().parent.parent
-TESTED = "Scrapy 2.19.0, Twisted 26.10.0"
+TESTED = "Scrapy 2.19.0 with Twisted 21.7.0 and 26.10.0"
 RUN_TIMEOUT = 120  # seconds, per subprocess
 MAXSIZE = 1000  # DOWNLOAD_MAXSIZE of the http11 run; its hostile bodies are 5x that
 
@@ -374,7 +374,8 @@ def media():
                 yield {"name": name, "file_urls": [f"{base}/{name}"]}
 
     crawler = crawl(
-        {"ITEM_PIPELINES": {Pipeline: 1}, "FILES_STORE": args["store"], "STATS_CLASS": "imgcrawl.compat.StatsCollector"},
+        {"ITEM_PIPELINES": {Pipeline: 1}, "FILES_STORE": args["store"],
+         "STATS_CLASS": "imgcrawl.compat.StatsCollector"},
         Spider,
     )
     cache = pipelines[0].cache
@@ -426,6 +427,10 @@ def run(mode: str, tmp: Path, **args) -> dict:
     facts = json.loads(out.read_text())
     facts["stderr"] = proc.stderr
     return facts
+
+
+def log_tail(facts: dict) -> str:
+    return "\n" + facts["stderr"][-3000:]
 
 
 def no_error(facts: dict, section: str, what: str) -> None:
@@ -524,7 +529,7 @@ def test_media_pipeline_logs_nothing_more_for_media_request_filtered(media_run):
     failed, results = sorted(media_run.get("media_failed", [])), media_run.get("results", {})
     assert failed == ["/filtered", "/other"] and {k: results.get(k) for k in ("filtered", "other")} == {
         "filtered": [[False, filtered]], "other": [[False, "RuntimeError"]],
-    }, changed(f"MediaPipeline's media_failed (called for {failed}, results {results})") + "\n" + media_run["stderr"][-3000:]
+    }, changed(f"MediaPipeline's media_failed (called for {failed}, results {results})") + log_tail(media_run)
     errors = [r for r in media_run["records"] if r["level"] == "ERROR"]
     assert not [r for r in errors if r["exc"] == filtered], changed(
         f"MediaPipeline's handling of _MediaRequestFiltered from media_failed (it logged {errors})"
@@ -540,7 +545,8 @@ def test_media_result_cache_is_the_dict_media_pipeline_consults(media_run):
     assert media_run["downloaded_before"] == "dict", changed("MediaPipeline.spiderinfo.downloaded")
     # What we put in the cache is what the pipeline answered with, without a download ...
     cached = media_run.get("results", {}).get("cached")
-    assert cached and cached[0][0] and cached[0][1]["path"] == "from-cache" and "/cached" not in media_run["hits"], changed(
+    from_cache = cached and cached[0][0] and cached[0][1]["path"] == "from-cache"
+    assert from_cache and "/cached" not in media_run["hits"], changed(
         f"the media result cache (spiderinfo.downloaded was not consulted: {media_run.get('results')})"
     )
     # ... and what it downloads, it records there.
@@ -569,6 +575,6 @@ def test_robots_txt_download_error_record(tmp_path):
     assert record["args"] == ["f_exception", "request"] and record["exc"], shape
     assert record["robots_error"] == [site.url("/page"), record["f_exception"]], shape
     # The host then counts as allowing everything.
-    assert facts.get("pages") == [200], changed("a crawl whose robots.txt failed (its page was not crawled)") + "\n" + (
-        facts["stderr"][-3000:]
+    assert facts.get("pages") == [200], changed("a crawl whose robots.txt failed (its page was not crawled)") + (
+        log_tail(facts)
     )
