@@ -67,6 +67,9 @@ def use_send_now_protocol(handler) -> None:
 
 # -- log records of Scrapy's that imgcrawl reports itself, in one line ------------------
 
+# The loggers of the Scrapy modules whose records these are (their module paths).
+HTTP11_LOGGER = "scrapy.core.downloader.handlers.http11"
+ROBOTSTXT_LOGGER = "scrapy.downloadermiddlewares.robotstxt"
 # Scrapy's http11 handler warns with these for a body over DOWNLOAD_MAXSIZE and a cut-off
 # body; the pipeline reports the same image with its reason.
 MAXSIZE_TEXT = "download max size"

@@ -21,10 +21,6 @@ from scrapy.utils.httpobj import urlparse_cached
 from imgcrawl import compat
 from imgcrawl.failures import failure_reason
 
-HTTP11_LOGGER = "scrapy.core.downloader.handlers.http11"
-ROBOTSTXT_LOGGER = "scrapy.downloadermiddlewares.robotstxt"
-
-
 class DropOversizeAndDataLoss(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not compat.is_oversize_or_dataloss(record)
@@ -47,8 +43,8 @@ class OneLineLogs:
 
     def __init__(self):
         self.installed = [
-            (logging.getLogger(HTTP11_LOGGER), DropOversizeAndDataLoss()),
-            (logging.getLogger(ROBOTSTXT_LOGGER), RobotsTxtOneLine()),
+            (logging.getLogger(compat.HTTP11_LOGGER), DropOversizeAndDataLoss()),
+            (logging.getLogger(compat.ROBOTSTXT_LOGGER), RobotsTxtOneLine()),
         ]
         for logger, one_line in self.installed:
             logger.addFilter(one_line)

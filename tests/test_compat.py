@@ -56,11 +56,6 @@ def load_compat():
         pytest.fail(changed(f"a private name imgcrawl/compat.py imports ({exc})"))
 
 
-def logfilters():
-    load_compat()  # logfilters imports it
-    return importlib.import_module("imgcrawl.logfilters")
-
-
 # -- the names compat.py imports or reaches into ---------------------------------------
 
 PRIVATE_NAMES = [
@@ -506,8 +501,8 @@ def test_http11_still_warns_with_those_texts(http11_run, path):
     assert len(matched) == 1, changed(
         f"Scrapy's http11 warning for {path} (imgcrawl matches {len(matched)} of {warned})"
     )
-    assert matched[0]["name"] == logfilters().HTTP11_LOGGER, changed(
-        f"the logger of Scrapy's http11 warnings ({matched[0]['name']}, filtered at {logfilters().HTTP11_LOGGER})"
+    assert matched[0]["name"] == load_compat().HTTP11_LOGGER, changed(
+        f"the logger of Scrapy's http11 warnings ({matched[0]['name']}, filtered at {load_compat().HTTP11_LOGGER})"
     )
 
 
@@ -568,7 +563,7 @@ def test_robots_txt_download_error_record(tmp_path):
     finally:
         site.stop()
     no_error(facts, "robots", "a crawl with ROBOTSTXT_OBEY")
-    records = [r for r in facts["records"] if r["name"] == logfilters().ROBOTSTXT_LOGGER]
+    records = [r for r in facts["records"] if r["name"] == load_compat().ROBOTSTXT_LOGGER]
     record = records[0] if len(records) == 1 else {}
     shape = changed(f"RobotsTxtMiddleware's 'Error downloading' record (got {records})")
     assert record.get("level") == "ERROR" and record["msg"].startswith("Error downloading"), shape
