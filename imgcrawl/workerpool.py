@@ -2,11 +2,10 @@
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: it moves every job through two helper
 threads (queue feeder and result manager) that pickle and pipe each body while contending
-for the GIL with the reactor thread; py-spy put them at ~21 % of the main process on W1.
-Here the reactor writes each job to a worker's stdin (non-blocking, no thread) and reads the
-result from its stdout (:mod:`imgcrawl.worker` is the other end). A worker that dies (a
-decoder crash on hostile input, the OOM killer) fails only the jobs it held, with reason
-``worker-crashed``, and is replaced.
+for the GIL with the reactor thread. Here the reactor writes each job to a worker's stdin
+(non-blocking, no thread) and reads the result from its stdout (:mod:`imgcrawl.worker` is
+the other end). A worker that dies (a decoder crash on hostile input, the OOM killer) fails
+only the jobs it held, with reason ``worker-crashed``, and is replaced.
 
 Both pools offer ``submit(name, *args) -> Deferred`` and ``close() -> Deferred``.
 """
@@ -30,8 +29,8 @@ from imgcrawl.worker import HEADER, JOBS, READY, frame
 logger = logging.getLogger(__name__)
 
 # Jobs written ahead to each worker, so it never idles while the busy reactor gets round
-# to feeding it (W1: 159 images/s at 2, 176 at 4, 174 at 8); the rest wait here, where
-# whichever worker is free first takes them.
+# to feeding it. The rest wait here, where whichever worker is free first takes them:
+# written ahead, they would be tied to one worker (and fail with it if it dies).
 DEPTH = 4
 
 
@@ -187,9 +186,10 @@ class ThreadWorkers:
 
 class BatchingThread:
     """One thread whose calls are sent over in batches: the calls made within ``window``
-    seconds (a page's 40 "already stored?" lookups, the records of the images finished
-    meanwhile) cross in one thread hop. One hop per call cost the reactor thread ~12 % on W1
-    (py-spy: submit, locks, waker and GIL hand-offs)."""
+    seconds (a page's "already stored?" lookups, the records of the images finished
+    meanwhile) cross in one thread hop, instead of paying the reactor thread a hand-off
+    (queue locks, a waker write, GIL switches) for each. All calls run on that one thread,
+    in the order made: what they use (an SQLite connection) belongs to one thread."""
 
     def __init__(self, name: str, window: float = 0.02):
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
