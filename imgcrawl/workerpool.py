@@ -21,10 +21,11 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from imgcrawl import imaging
-from imgcrawl.worker import HEADER, JOBS, READY, frame
+from imgcrawl.worker import JOBS, READY
 
 logger = logging.getLogger(__name__)
 
@@ -56,33 +57,39 @@ def run_in(executor: Executor, fn, *args) -> Deferred:
     return d
 
 
-class _Worker(protocol.ProcessProtocol):
+class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
+    """One worker process. Jobs go to its stdin and results come from its stdout, each a
+    pickle behind a 4-byte big-endian length: ``multiprocessing.connection.Connection``
+    frames it so on the child's side, and this receiver (``!I``) reads the same bytes for
+    anything under 2 GiB."""
+
+    # Any result, however big (the default, 99999, drops a worker over a big one). Past
+    # 2 GiB Connection switches to an 8-byte length this receiver cannot read: the worker
+    # is dropped and its jobs fail as worker-crashed.
+    MAX_LENGTH = 2**31 - 1
+
     def __init__(self, pool: ProcessWorkers):
         self.pool = pool
-        self.buffer = bytearray()
         self.pending: deque[Deferred] = deque()
         self.ready = False
         self.ended: Deferred = Deferred()
 
     def send(self, job: bytes, d: Deferred) -> None:
         self.pending.append(d)
-        self.transport.writeToChild(0, job)
+        self.sendString(job)  # the transport is the process: this writes to its stdin
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= HEADER.size:
-            end = HEADER.size + HEADER.unpack_from(self.buffer)[0]
-            if len(self.buffer) < end:
-                return
-            message = pickle.loads(self.buffer[HEADER.size : end])
-            del self.buffer[:end]
-            if message == READY:
-                self.ready = True
-            else:
-                ok, value = message
-                d = self.pending.popleft()
-                d.callback(value) if ok else d.errback(Failure(value))
-            self.pool._dispatch()
+        self.dataReceived(data)
+
+    def stringReceived(self, data: bytes) -> None:
+        message = pickle.loads(data)
+        if message == READY:
+            self.ready = True
+        else:
+            ok, value = message
+            d = self.pending.popleft()
+            d.callback(value) if ok else d.errback(Failure(value))
+        self.pool._dispatch()
 
     def processEnded(self, reason: Failure) -> None:
         detail = f"image worker exited ({reason.value})"
@@ -122,7 +129,7 @@ class ProcessWorkers:
         if self.broken:
             d.errback(Failure(WorkerCrashed(self.broken)))
             return d
-        self.queue.append((frame((name, args)), d))
+        self.queue.append((pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL), d))
         self._dispatch()
         return d
 
