@@ -17,12 +17,13 @@ import os
 import pickle
 import sys
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from imgcrawl import imaging
 from imgcrawl.worker import JOBS, READY
@@ -38,23 +39,6 @@ DEPTH = 4
 class WorkerCrashed(imaging.ImageError):
     def __init__(self, detail: str):
         super().__init__("worker-crashed", detail)
-
-
-def run_in(executor: Executor, fn, *args) -> Deferred:
-    """Submit to a thread pool; the Deferred fires back on the reactor thread."""
-    from twisted.internet import reactor
-
-    d: Deferred = Deferred()
-
-    def done(future: Future) -> None:
-        exc = future.exception()
-        if exc is not None:
-            reactor.callFromThread(d.errback, Failure(exc))
-        else:
-            reactor.callFromThread(d.callback, future.result())
-
-    executor.submit(fn, *args).add_done_callback(done)
-    return d
 
 
 class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
@@ -177,18 +161,84 @@ class ProcessWorkers:
         return done
 
 
+class _Threads:
+    """A Twisted thread pool of our own: the reactor's is sized by Scrapy's
+    REACTOR_THREADPOOL_MAXSIZE and resolves DNS, which image work must not crowd out.
+
+    Its threads are not daemons: left running, they would keep the process from exiting.
+    So it is stopped by :meth:`stop` or, failing that, at reactor shutdown (as Twisted
+    stops the reactor's own pool).
+    """
+
+    def __init__(self, size: int, name: str):
+        self.pool = ThreadPool(0, size, name)  # threads start with the first calls
+        self.shutdown_trigger = None
+        self.running = 0
+        self.idle: list[Deferred] = []
+
+    def run(self, fn, *args) -> Deferred:
+        """``fn(*args)`` on a pool thread; the Deferred fires on the reactor thread."""
+        if self.pool.joined:
+            # The pool would drop the call silently, leaving the Deferred unfired.
+            return fail(RuntimeError(f"thread pool {self.pool.name} is closed"))
+        if not self.pool.started:
+            # Started on first use, as the reactor is only looked up then.
+            from twisted.internet import reactor
+
+            self.reactor = reactor
+            self.pool.start()
+            self.shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._at_shutdown)
+        self.running += 1
+        return deferToThreadPool(self.reactor, self.pool, fn, *args).addBoth(self._finished)
+
+    def _finished(self, result):
+        self.running -= 1
+        if not self.running:
+            idle, self.idle = self.idle, []
+            for d in idle:
+                d.callback(None)
+        return result
+
+    def stop(self) -> Deferred:
+        """Fires once the calls already made have returned and the threads have exited.
+
+        The reactor thread joins the threads only when they are idle, so it never waits
+        on a running call."""
+        done: Deferred = Deferred()
+        if self.running:
+            self.idle.append(done)
+        else:
+            done.callback(None)
+
+        def join(_) -> None:
+            if self.shutdown_trigger is not None:
+                self.reactor.removeSystemEventTrigger(self.shutdown_trigger)
+                self.shutdown_trigger = None
+            self._join()
+
+        return done.addCallback(join)
+
+    def _at_shutdown(self) -> None:
+        self.shutdown_trigger = None  # fired and gone: not to be removed again
+        self._join()
+
+    def _join(self) -> None:
+        if not self.pool.joined:
+            self.pool.stop()  # waits for the calls still queued, then for the threads
+
+
 class ThreadWorkers:
     """``size`` threads in this process (``IMGCRAWL_WORKER_POOL=thread``)."""
 
     def __init__(self, size: int):
-        self.executor = ThreadPoolExecutor(size, thread_name_prefix="imgcrawl-image")
+        self.threads = _Threads(size, "imgcrawl-image")
 
     def submit(self, name: str, *args) -> Deferred:
-        return run_in(self.executor, JOBS[name], *args)
+        return self.threads.run(JOBS[name], *args)
 
     def close(self) -> Deferred:
-        self.executor.shutdown(wait=True)
-        return succeed(None)
+        """Fires once the jobs submitted have finished and the threads have exited."""
+        return self.threads.stop()
 
 
 class BatchingThread:
@@ -199,20 +249,23 @@ class BatchingThread:
     in the order made: what they use (an SQLite connection) belongs to one thread."""
 
     def __init__(self, name: str, window: float = 0.02):
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.thread = _Threads(1, name)
         self.window = window
         self.calls: list[tuple] = []
+        self.timer = None
 
     def call(self, fn, *args) -> Deferred:
         from twisted.internet import reactor
 
         d: Deferred = Deferred()
         if not self.calls:
-            reactor.callLater(self.window, self._flush)
+            self.timer = reactor.callLater(self.window, self._flush)
         self.calls.append((fn, args, d))
         return d
 
     def _flush(self) -> None:
+        if self.timer.active():
+            self.timer.cancel()  # flushed early, by close()
         calls, self.calls = self.calls, []
 
         def run_all() -> list[tuple[bool, object]]:
@@ -228,10 +281,17 @@ class BatchingThread:
             for (_, _, d), (ok, value) in zip(calls, results):
                 d.callback(value) if ok else d.errback(Failure(value))
 
-        run_in(self.executor, run_all).addCallback(deliver)
+        def fail_all(failure: Failure) -> None:  # the thread is gone (closed)
+            for _, _, d in calls:
+                d.errback(failure)
 
-    def close(self, fn=None) -> None:
-        """Run ``fn`` last on the thread (closing what it owns), then stop the thread."""
-        if fn is not None:
-            self.executor.submit(fn).result()
-        self.executor.shutdown(wait=True)
+        self.thread.run(run_all).addCallbacks(deliver, fail_all)
+
+    def close(self, fn=None) -> Deferred:
+        """Run the calls still waiting, then ``fn`` (closing what the thread owns), then
+        stop the thread. Fires with ``fn``'s result (or failure) once the thread is gone."""
+        if self.calls:
+            self._flush()
+        ran = self.thread.run(fn) if fn is not None else None
+        stopped = self.thread.stop()
+        return stopped if ran is None else stopped.addCallback(lambda _: ran)
