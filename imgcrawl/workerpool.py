@@ -131,9 +131,10 @@ class ProcessWorkers:
             return
         if not worker.ready:
             # It died before it could start: a broken install, not a bad image. Say so
-            # once, fail what waits, and do not respawn in a loop.
-            self.broken = f"{detail} before it started (see its error above)"
-            logger.error("imgcrawl: %s", self.broken)
+            # once (every worker fails alike), fail what waits, and do not respawn in a loop.
+            if self.broken is None:
+                self.broken = f"{detail} before it started (see its error above)"
+                logger.error("imgcrawl: %s", self.broken)
             while self.queue:
                 self.queue.popleft()[1].errback(Failure(WorkerCrashed(self.broken)))
             return

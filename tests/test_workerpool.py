@@ -239,3 +239,36 @@ task.react(lambda reactor: defer.ensureDeferred(run(reactor, sys.argv[1])))
 def test_results_over_99999_bytes_and_1_mib_cross_the_worker_pipe_intact(tmp_path):
     r = run_script(BIG, str(tmp_path))
     assert r == {"150000": True, "2097152": True, "after": 64, "same_worker": True}
+
+
+BROKEN = r'''
+import json, sys
+from twisted.internet import task, defer
+from imgcrawl.workerpool import ProcessWorkers
+
+sys.executable = "/bin/false"  # workers that exit before they can say READY: a broken install
+
+async def run(reactor):
+    pool = ProcessWorkers(2)
+    details = []
+    for _ in range(2):
+        try:
+            await pool.submit("process_image", b"GIF89a", None, {}, 10)
+        except Exception as exc:
+            details.append([exc.reason, exc.detail])
+    await task.deferLater(reactor, 0.5, lambda: None)
+    workers_later = len(pool.workers)  # none respawned
+    await pool.close()
+    print(json.dumps({"details": details, "workers_later": workers_later}))
+
+task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+'''
+
+
+def test_workers_that_die_before_ready_mark_the_pool_broken_without_respawning():
+    out = subprocess.run([sys.executable, "-c", BROKEN], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = json.loads(out.stdout.splitlines()[-1])
+    assert [reason for reason, _ in r["details"]] == ["worker-crashed", "worker-crashed"], r
+    assert r["details"][1][1].endswith("before it started (see its error above)")  # failed at once
+    assert r["workers_later"] == 0
+    assert out.stderr.count("before it started") == 1  # said once, at ERROR
