@@ -61,14 +61,14 @@ def test_results_reasons_and_a_killed_worker(tmp_path):
     assert (tmp_path / "good.jpg").exists() and not (tmp_path / "big.jpg").exists()
 
 
-def run_script(script: str, *args: str) -> dict:
+def run_script(script: str, *args: str) -> tuple[dict, str]:
     """Run ``script`` (a real reactor, real threads or processes) in its own interpreter;
-    it prints one JSON object last."""
+    it prints one JSON object last. Returns that object and the script's stderr."""
     out = subprocess.run(
         [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
+    return json.loads(out.stdout.splitlines()[-1]), out.stderr
 
 
 # The reactor must keep turning while threads work: a LoopingCall every TICK seconds counts
@@ -141,7 +141,7 @@ task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
 
 
 def test_batching_thread_runs_every_call_on_one_thread_in_order():
-    r = run_script(BATCHING)
+    r, _ = run_script(BATCHING)
     # One thread, the same for every batch and for close's last call, never the reactor's:
     # an SQLite connection is used from one thread only.
     assert len(r["threads"]) == 1 and r["threads"][0] != r["main"], r
@@ -199,7 +199,7 @@ task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
 
 
 def test_thread_workers_run_jobs_off_the_reactor_and_close_without_blocking_it():
-    r = run_script(THREADS)
+    r, _ = run_script(THREADS)
     assert r["main"] not in r["threads"] and 1 <= len(r["threads"]) <= 2, r
     assert r["failures"] == ["job 2"]
     # close() returns at once and fires only after every submitted job has finished.
@@ -237,7 +237,7 @@ task.react(lambda reactor: defer.ensureDeferred(run(reactor, sys.argv[1])))
 
 
 def test_results_over_99999_bytes_and_1_mib_cross_the_worker_pipe_intact(tmp_path):
-    r = run_script(BIG, str(tmp_path))
+    r, _ = run_script(BIG, str(tmp_path))
     assert r == {"150000": True, "2097152": True, "after": 64, "same_worker": True}
 
 
@@ -266,9 +266,8 @@ task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
 
 
 def test_workers_that_die_before_ready_mark_the_pool_broken_without_respawning():
-    out = subprocess.run([sys.executable, "-c", BROKEN], cwd=REPO, capture_output=True, text=True, timeout=120)
-    r = json.loads(out.stdout.splitlines()[-1])
+    r, stderr = run_script(BROKEN)
     assert [reason for reason, _ in r["details"]] == ["worker-crashed", "worker-crashed"], r
     assert r["details"][1][1].endswith("before it started (see its error above)")  # failed at once
     assert r["workers_later"] == 0
-    assert out.stderr.count("before it started") == 1  # said once, at ERROR
+    assert stderr.count("before it started") == 1  # said once, at ERROR
