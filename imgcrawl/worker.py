@@ -1,10 +1,12 @@
 """The image worker process: ``python -m imgcrawl.worker``, started by
 :class:`imgcrawl.workerpool.ProcessWorkers`.
 
-Reads jobs from stdin until EOF and writes one result per job, in order, to stdout, each a
-pickle framed by :class:`multiprocessing.connection.Connection` (a 4-byte big-endian length,
-which the parent reads with Twisted's ``Int32StringReceiver``). Imports Pillow and
-:mod:`imgcrawl.imaging` only (no Scrapy, no Twisted), so each worker stays small.
+Reads jobs from stdin until EOF, each a pickle (which marks its own end, so ``pickle.load``
+takes one at a time from a buffered stream), and writes one result per job, in order, to
+stdout, each a pickle sent by :class:`multiprocessing.connection.Connection`: behind a
+4-byte big-endian length, as the parent's Twisted ``Int32StringReceiver`` reads it from the
+pieces the reactor receives. Imports Pillow and :mod:`imgcrawl.imaging` only (no Scrapy,
+no Twisted), so each worker stays small.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
         pass
     # The streams move to private descriptors; fds 0 and 1 become /dev/null and stderr, so
     # a stray print or read (ours, a library's, C code's) cannot corrupt them.
-    jobs, results = Connection(os.dup(stdin), writable=False), Connection(os.dup(stdout), readable=False)
+    # Jobs are read through a small buffer: a job's image bytes are read straight into
+    # place, and ``pickle.load`` peeks (copies) no more than the buffer holds.
+    jobs, results = os.fdopen(os.dup(stdin), "rb"), Connection(os.dup(stdout), readable=False)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, stdin)
     os.close(devnull)
@@ -54,7 +58,7 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
     results.send(READY)
     while True:
         try:
-            name, args = jobs.recv()
+            name, args = pickle.load(jobs)
         except EOFError:
             return
         try:

@@ -42,10 +42,11 @@ class WorkerCrashed(imaging.ImageError):
 
 
 class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
-    """One worker process. Jobs go to its stdin and results come from its stdout, each a
+    """One worker process. Jobs go to its stdin as bare pickles (a pickle marks its own
+    end; the worker reads them with ``pickle.load``). Results come from its stdout, each a
     pickle behind a 4-byte big-endian length: ``multiprocessing.connection.Connection``
-    frames it so on the child's side, and this receiver (``!I``) reads the same bytes for
-    anything under 2 GiB."""
+    frames it so on the worker's side, and this receiver (``!I``) reads the same bytes for
+    anything under 2 GiB, from whatever pieces the pipe delivers."""
 
     # Any result, however big (the default, 99999, drops a worker over a big one). Past
     # 2 GiB Connection switches to an 8-byte length this receiver cannot read: the worker
@@ -60,7 +61,7 @@ class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
 
     def send(self, job: bytes, d: Deferred) -> None:
         self.pending.append(d)
-        self.sendString(job)  # the transport is the process: this writes to its stdin
+        self.transport.write(job)  # to its stdin
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.dataReceived(data)
