@@ -1,9 +1,12 @@
 """The image worker process: ``python -m imgcrawl.worker``, started by
 :class:`imgcrawl.workerpool.ProcessWorkers`.
 
-Reads jobs from stdin until EOF and writes one result per job, in order, to stdout, each a
-length-prefixed pickle. Imports Pillow and :mod:`imgcrawl.imaging` only (no Scrapy, no
-Twisted), so each worker stays small.
+Reads jobs from stdin until EOF, each a pickle (which marks its own end, so ``pickle.load``
+takes one at a time from a buffered stream), and writes one result per job, in order, to
+stdout, each a pickle sent by :class:`multiprocessing.connection.Connection`: behind a
+4-byte big-endian length, as the parent's Twisted ``Int32StringReceiver`` reads it from the
+pieces the reactor receives. Imports Pillow and :mod:`imgcrawl.imaging` only (no Scrapy,
+no Twisted), so each worker stays small.
 """
 
 from __future__ import annotations
@@ -11,23 +14,17 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import struct
-import sys
+from multiprocessing.connection import Connection
 
 from imgcrawl import imaging
 
 # What a worker may be asked to run, by name (the parent sends names, never code).
 JOBS = {"process_image": imaging.process_image, "rethumb": imaging.rethumb}
-HEADER = struct.Struct("<I")  # the length of the pickle that follows
-# A bigger pipe takes a whole photo in one write (Linux; the default is 64 KiB).
+# A bigger pipe takes a whole photo in one write, so the parent's non-blocking writes do not
+# come back to the reactor piecemeal (Linux; the default is 64 KiB).
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 READY = "ready"
-
-
-def frame(obj) -> bytes:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(data)) + data
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -39,7 +36,7 @@ def _picklable(exc: BaseException) -> BaseException:
 
 
 def serve(stdin: int = 0, stdout: int = 1) -> None:
-    """Run jobs from ``stdin`` until EOF; one result frame per job, in order."""
+    """Run jobs from ``stdin`` until EOF; one result per job, in order."""
     # Ctrl-C reaches the whole process group: the parent finishes its in-flight images
     # gracefully, so the workers must not die under them. EOF on stdin is our signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -49,17 +46,26 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
         fcntl.fcntl(stdin, F_SETPIPE_SZ, PIPE_SIZE)
     except (ImportError, OSError):
         pass
-    reader = os.fdopen(stdin, "rb", buffering=PIPE_SIZE)
-    writer = os.fdopen(stdout, "wb", buffering=0)
-    sys.stdout = sys.stderr  # a stray print must not corrupt the result stream
-    writer.write(frame(READY))
-    while len(header := reader.read(HEADER.size)) == HEADER.size:
-        name, args = pickle.loads(reader.read(HEADER.unpack(header)[0]))
+    # The streams move to private descriptors; fds 0 and 1 become /dev/null and stderr, so
+    # a stray print or read (ours, a library's, C code's) cannot corrupt them.
+    # Jobs are read through a small buffer: a job's image bytes are read straight into
+    # place, and ``pickle.load`` peeks (copies) no more than the buffer holds.
+    jobs, results = os.fdopen(os.dup(stdin), "rb"), Connection(os.dup(stdout), readable=False)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, stdin)
+    os.close(devnull)
+    os.dup2(2, stdout)
+    results.send(READY)
+    while True:
+        try:
+            name, args = pickle.load(jobs)
+        except EOFError:
+            return
         try:
             result = (True, JOBS[name](*args))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
             result = (False, _picklable(exc))
-        writer.write(frame(result))
+        results.send(result)
 
 
 if __name__ == "__main__":

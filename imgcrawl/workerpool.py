@@ -2,11 +2,10 @@
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: it moves every job through two helper
 threads (queue feeder and result manager) that pickle and pipe each body while contending
-for the GIL with the reactor thread; py-spy put them at ~21 % of the main process on W1.
-Here the reactor writes each job to a worker's stdin (non-blocking, no thread) and reads the
-result from its stdout (:mod:`imgcrawl.worker` is the other end). A worker that dies (a
-decoder crash on hostile input, the OOM killer) fails only the jobs it held, with reason
-``worker-crashed``, and is replaced.
+for the GIL with the reactor thread. Here the reactor writes each job to a worker's stdin
+(non-blocking, no thread) and reads the result from its stdout (:mod:`imgcrawl.worker` is
+the other end). A worker that dies (a decoder crash on hostile input, the OOM killer) fails
+only the jobs it held, with reason ``worker-crashed``, and is replaced.
 
 Both pools offer ``submit(name, *args) -> Deferred`` and ``close() -> Deferred``.
 """
@@ -18,20 +17,22 @@ import os
 import pickle
 import sys
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from imgcrawl import imaging
-from imgcrawl.worker import HEADER, JOBS, READY, frame
+from imgcrawl.worker import JOBS, READY
 
 logger = logging.getLogger(__name__)
 
 # Jobs written ahead to each worker, so it never idles while the busy reactor gets round
-# to feeding it (W1: 159 images/s at 2, 176 at 4, 174 at 8); the rest wait here, where
-# whichever worker is free first takes them.
+# to feeding it. The rest wait here, where whichever worker is free first takes them:
+# written ahead, they would be tied to one worker (and fail with it if it dies).
 DEPTH = 4
 
 
@@ -40,50 +41,40 @@ class WorkerCrashed(imaging.ImageError):
         super().__init__("worker-crashed", detail)
 
 
-def run_in(executor: Executor, fn, *args) -> Deferred:
-    """Submit to a thread pool; the Deferred fires back on the reactor thread."""
-    from twisted.internet import reactor
+class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
+    """One worker process. Jobs go to its stdin as bare pickles (a pickle marks its own
+    end; the worker reads them with ``pickle.load``). Results come from its stdout, each a
+    pickle behind a 4-byte big-endian length: ``multiprocessing.connection.Connection``
+    frames it so on the worker's side, and this receiver (``!I``) reads the same bytes for
+    anything under 2 GiB, from whatever pieces the pipe delivers."""
 
-    d: Deferred = Deferred()
+    # Any result, however big (the default, 99999, drops a worker over a big one). Past
+    # 2 GiB Connection switches to an 8-byte length this receiver cannot read: the worker
+    # is dropped and its jobs fail as worker-crashed.
+    MAX_LENGTH = 2**31 - 1
 
-    def done(future: Future) -> None:
-        exc = future.exception()
-        if exc is not None:
-            reactor.callFromThread(d.errback, Failure(exc))
-        else:
-            reactor.callFromThread(d.callback, future.result())
-
-    executor.submit(fn, *args).add_done_callback(done)
-    return d
-
-
-class _Worker(protocol.ProcessProtocol):
     def __init__(self, pool: ProcessWorkers):
         self.pool = pool
-        self.buffer = bytearray()
         self.pending: deque[Deferred] = deque()
         self.ready = False
         self.ended: Deferred = Deferred()
 
     def send(self, job: bytes, d: Deferred) -> None:
         self.pending.append(d)
-        self.transport.writeToChild(0, job)
+        self.transport.write(job)  # to its stdin
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= HEADER.size:
-            end = HEADER.size + HEADER.unpack_from(self.buffer)[0]
-            if len(self.buffer) < end:
-                return
-            message = pickle.loads(self.buffer[HEADER.size : end])
-            del self.buffer[:end]
-            if message == READY:
-                self.ready = True
-            else:
-                ok, value = message
-                d = self.pending.popleft()
-                d.callback(value) if ok else d.errback(Failure(value))
-            self.pool._dispatch()
+        self.dataReceived(data)
+
+    def stringReceived(self, data: bytes) -> None:
+        message = pickle.loads(data)
+        if message == READY:
+            self.ready = True
+        else:
+            ok, value = message
+            d = self.pending.popleft()
+            d.callback(value) if ok else d.errback(Failure(value))
+        self.pool._dispatch()
 
     def processEnded(self, reason: Failure) -> None:
         detail = f"image worker exited ({reason.value})"
@@ -123,7 +114,7 @@ class ProcessWorkers:
         if self.broken:
             d.errback(Failure(WorkerCrashed(self.broken)))
             return d
-        self.queue.append((frame((name, args)), d))
+        self.queue.append((pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL), d))
         self._dispatch()
         return d
 
@@ -141,9 +132,10 @@ class ProcessWorkers:
             return
         if not worker.ready:
             # It died before it could start: a broken install, not a bad image. Say so
-            # once, fail what waits, and do not respawn in a loop.
-            self.broken = f"{detail} before it started (see its error above)"
-            logger.error("imgcrawl: %s", self.broken)
+            # once (every worker fails alike), fail what waits, and do not respawn in a loop.
+            if self.broken is None:
+                self.broken = f"{detail} before it started (see its error above)"
+                logger.error("imgcrawl: %s", self.broken)
             while self.queue:
                 self.queue.popleft()[1].errback(Failure(WorkerCrashed(self.broken)))
             return
@@ -171,41 +163,111 @@ class ProcessWorkers:
         return done
 
 
+class _Threads:
+    """A Twisted thread pool of our own: the reactor's is sized by Scrapy's
+    REACTOR_THREADPOOL_MAXSIZE and resolves DNS, which image work must not crowd out.
+
+    Its threads are not daemons: left running, they would keep the process from exiting.
+    So it is stopped by :meth:`stop` or, failing that, at reactor shutdown (as Twisted
+    stops the reactor's own pool).
+    """
+
+    def __init__(self, size: int, name: str):
+        self.pool = ThreadPool(0, size, name)  # threads start with the first calls
+        self.shutdown_trigger = None
+        self.running = 0
+        self.idle: list[Deferred] = []
+
+    def run(self, fn, *args) -> Deferred:
+        """``fn(*args)`` on a pool thread; the Deferred fires on the reactor thread."""
+        if self.pool.joined:
+            # The pool would drop the call silently, leaving the Deferred unfired.
+            return fail(RuntimeError(f"thread pool {self.pool.name} is closed"))
+        if not self.pool.started:
+            # Started on first use, as the reactor is only looked up then.
+            from twisted.internet import reactor
+
+            self.reactor = reactor
+            self.pool.start()
+            self.shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._at_shutdown)
+        self.running += 1
+        return deferToThreadPool(self.reactor, self.pool, fn, *args).addBoth(self._finished)
+
+    def _finished(self, result):
+        self.running -= 1
+        if not self.running:
+            idle, self.idle = self.idle, []
+            for d in idle:
+                d.callback(None)
+        return result
+
+    def stop(self) -> Deferred:
+        """Fires once the calls already made have returned and the threads have exited.
+
+        The reactor thread joins the threads only when they are idle, so it never waits
+        on a running call."""
+        done: Deferred = Deferred()
+        if self.running:
+            self.idle.append(done)
+        else:
+            done.callback(None)
+
+        def join(_) -> None:
+            if self.shutdown_trigger is not None:
+                self.reactor.removeSystemEventTrigger(self.shutdown_trigger)
+                self.shutdown_trigger = None
+            self._join()
+
+        return done.addCallback(join)
+
+    def _at_shutdown(self) -> None:
+        self.shutdown_trigger = None  # fired and gone: not to be removed again
+        self._join()
+
+    def _join(self) -> None:
+        if not self.pool.joined:
+            self.pool.stop()  # waits for the calls still queued, then for the threads
+
+
 class ThreadWorkers:
     """``size`` threads in this process (``IMGCRAWL_WORKER_POOL=thread``)."""
 
     def __init__(self, size: int):
-        self.executor = ThreadPoolExecutor(size, thread_name_prefix="imgcrawl-image")
+        self.threads = _Threads(size, "imgcrawl-image")
 
     def submit(self, name: str, *args) -> Deferred:
-        return run_in(self.executor, JOBS[name], *args)
+        return self.threads.run(JOBS[name], *args)
 
     def close(self) -> Deferred:
-        self.executor.shutdown(wait=True)
-        return succeed(None)
+        """Fires once the jobs submitted have finished and the threads have exited."""
+        return self.threads.stop()
 
 
 class BatchingThread:
     """One thread whose calls are sent over in batches: the calls made within ``window``
-    seconds (a page's 40 "already stored?" lookups, the records of the images finished
-    meanwhile) cross in one thread hop. One hop per call cost the reactor thread ~12 % on W1
-    (py-spy: submit, locks, waker and GIL hand-offs)."""
+    seconds (a page's "already stored?" lookups, the records of the images finished
+    meanwhile) cross in one thread hop, instead of paying the reactor thread a hand-off
+    (queue locks, a waker write, GIL switches) for each. All calls run on that one thread,
+    in the order made: what they use (an SQLite connection) belongs to one thread."""
 
     def __init__(self, name: str, window: float = 0.02):
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.thread = _Threads(1, name)
         self.window = window
         self.calls: list[tuple] = []
+        self.timer = None
 
     def call(self, fn, *args) -> Deferred:
         from twisted.internet import reactor
 
         d: Deferred = Deferred()
         if not self.calls:
-            reactor.callLater(self.window, self._flush)
+            self.timer = reactor.callLater(self.window, self._flush)
         self.calls.append((fn, args, d))
         return d
 
     def _flush(self) -> None:
+        if self.timer.active():
+            self.timer.cancel()  # flushed early, by close()
         calls, self.calls = self.calls, []
 
         def run_all() -> list[tuple[bool, object]]:
@@ -221,10 +283,17 @@ class BatchingThread:
             for (_, _, d), (ok, value) in zip(calls, results):
                 d.callback(value) if ok else d.errback(Failure(value))
 
-        run_in(self.executor, run_all).addCallback(deliver)
+        def fail_all(failure: Failure) -> None:  # the thread is gone (closed)
+            for _, _, d in calls:
+                d.errback(failure)
 
-    def close(self, fn=None) -> None:
-        """Run ``fn`` last on the thread (closing what it owns), then stop the thread."""
-        if fn is not None:
-            self.executor.submit(fn).result()
-        self.executor.shutdown(wait=True)
+        self.thread.run(run_all).addCallbacks(deliver, fail_all)
+
+    def close(self, fn=None) -> Deferred:
+        """Run the calls still waiting, then ``fn`` (closing what the thread owns), then
+        stop the thread. Fires with ``fn``'s result (or failure) once the thread is gone."""
+        if self.calls:
+            self._flush()
+        ran = self.thread.run(fn) if fn is not None else None
+        stopped = self.thread.stop()
+        return stopped if ran is None else stopped.addCallback(lambda _: ran)
