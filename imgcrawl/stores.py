@@ -80,7 +80,9 @@ class ImageStorage:
     async def close(self) -> None:
         if self.workers is not None:
             await maybe_deferred_to_future(self.workers.close())
-        self.index_thread.close(self.stored.index.close if self.stored is not None else None)
+        await maybe_deferred_to_future(
+            self.index_thread.close(self.stored.index.close if self.stored is not None else None)
+        )
 
     def _on_index_thread(self, fn, *args):
         return maybe_deferred_to_future(self.index_thread.call(fn, *args))
