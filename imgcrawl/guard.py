@@ -21,11 +21,27 @@ class BlockedRequest(Failed, IgnoreRequest):
     """A request refused on purpose: an IgnoreRequest to Scrapy, with its reason."""
 
 
+# IPv6 forms that only wrap an IPv4 address: packets to them end up at that address
+# (IPv4-compatible, SIIT, NAT64 well-known prefix; IPv4-mapped and 6to4 are found by
+# ipaddress itself). Python calls them global whatever the address inside.
+_WRAPS_IPV4 = [ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")]
+# Never public, whatever they carry: local-use NAT64 (translates into the operator's own
+# network), site-local (deprecated, still routed as private), Teredo (reached through a
+# relay and a tunnel to a client behind NAT; Python already calls it not global).
+_NEVER_PUBLIC = [ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "fec0::/10", "2001::/32")]
+
+
 def is_public(address: str) -> bool:
-    """True for a globally routable unicast address (not loopback/private/link-local/...)."""
+    """True for a globally routable unicast address (not loopback/private/link-local/...);
+    an IPv6 address that wraps an IPv4 address is judged by the IPv4 address inside."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _NEVER_PUBLIC):
+            return False
+        if any(ip in net for net in _WRAPS_IPV4):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+        else:
+            ip = ip.ipv4_mapped or ip.sixtofour or ip
     return ip.is_global and not ip.is_multicast
 
 
