@@ -47,7 +47,8 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "imgcrawl.retry.BackoffRetryMiddleware": 550,
 }
-# SSRF guard: loopback, private, link-local and metadata addresses are refused. The demo and
+# SSRF guard: names that do not resolve and loopback, private, link-local and metadata
+# addresses are refused; so is every connection to such an address. The demo and
 # the tests crawl 127.0.0.1 on purpose and set this to True.
 IMGCRAWL_ALLOW_PRIVATE = False
 # Quotas (0 = none): stop and close the crawl once this many images / bytes are stored.

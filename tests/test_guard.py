@@ -1,9 +1,22 @@
-"""The SSRF guard: IPv6 forms that carry an IPv4 address."""
+"""The SSRF guard fails closed: on DNS failures, on DNS rebinding, and on IPv6 forms that
+carry an IPv4 address.
+
+The crawls run for real (``scrapy crawl`` in a subprocess, the guard on) against a hostile DNS
+server stand-in the test controls: Scrapy's own caching resolver (``TWISTED_DNS_RESOLVER``)
+over a table of answers, one per query, which logs every query that reaches it, as a DNS
+server's query log would. Sites listen on 127.0.0.1 at free ports.
+"""
 
 from __future__ import annotations
 
-import pytest
+import json
+from io import BytesIO
 
+import pytest
+from PIL import Image
+
+from conftest import LocalSite, run_crawl
+from imgcrawl import settings as defaults
 from imgcrawl.guard import is_public
 
 # -- is_public: IPv6 forms that carry an IPv4 address --------------------------------------
@@ -54,3 +67,114 @@ def test_teredo_helper_builds_what_ipaddress_reads():
 
     server, client = ipaddress.ip_address(teredo(PUBLIC_INNER, "10.0.0.1")).teredo
     assert (str(server), str(client)) == (PUBLIC_INNER, "10.0.0.1")
+
+
+# -- real crawls against a hostile DNS server ---------------------------------------------
+
+HOSTILE_DNS = '''
+"""A hostile DNS server stand-in, under Scrapy's own DNS cache."""
+import json
+
+from scrapy.resolver import CachingThreadedResolver
+from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress
+from twisted.internet.base import ThreadedResolver
+from twisted.internet.error import DNSLookupError
+
+from imgcrawl.guard import PrivateAddressGuard
+
+
+class _Table(ThreadedResolver):
+    """Answers from GUARDTEST_DNS ({name: [answer, ...]}: one answer per query, the last one
+    repeated; null: the query fails; no entry: NXDOMAIN) and appends each name asked to
+    GUARDTEST_DNS_LOG."""
+
+    def getHostByName(self, name, timeout=()):
+        if isIPAddress(name):
+            return defer.succeed(name)
+        with open(self.log, "a") as log:
+            log.write(name + "\\n")
+        answers = self.answers.get(name) or [None]
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        return defer.fail(DNSLookupError(name)) if answer is None else defer.succeed(answer)
+
+
+class HostileResolver(CachingThreadedResolver, _Table):  # the cache asks _Table on a miss
+    @classmethod
+    def from_crawler(cls, crawler, reactor):
+        resolver = super().from_crawler(crawler, reactor)
+        resolver.answers = json.loads(crawler.settings["GUARDTEST_DNS"])
+        resolver.log = crawler.settings["GUARDTEST_DNS_LOG"]
+        return resolver
+
+
+class TwoIsPublic(PrivateAddressGuard):
+    """127.0.0.2 stands in for a public address (nothing listens there)."""
+
+    def allowed(self, address):
+        return address == "127.0.0.2" or super().allowed(address)
+'''
+
+
+def jpeg() -> bytes:
+    buf = BytesIO()
+    Image.new("RGB", (40, 30), (200, 60, 120)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def hostile_crawl(tmp_path, url, answers, **settings):
+    """A crawl of ``url`` with the guard on and DNS answered from ``answers``; the result and
+    the names the DNS server was asked, in order."""
+    (tmp_path / "hostiledns.py").write_text(HOSTILE_DNS)  # importable: cwd is on sys.path
+    log = tmp_path / "dns-queries.log"
+    result = run_crawl(tmp_path, "-a", f"url={url}", settings={
+        "IMGCRAWL_ALLOW_PRIVATE": False, "TWISTED_DNS_RESOLVER": "hostiledns.HostileResolver",
+        "GUARDTEST_DNS": json.dumps(answers), "GUARDTEST_DNS_LOG": str(log),
+        "IMGCRAWL_WORKER_POOL": "thread", "DOWNLOAD_TIMEOUT": 5, **settings,
+    }, timeout=120)
+    return result, log.read_text().split() if log.exists() else []
+
+
+def warnings(log: str, reason: str) -> list[str]:
+    return [line for line in log.splitlines() if " WARNING: " in line and f"({reason})" in line]
+
+
+def test_a_name_that_fails_once_is_refused_not_looked_up_again(tmp_path):
+    site = LocalSite({"/": ("text/html", b'<img src="/a.jpg">'), "/a.jpg": ("image/jpeg", jpeg())}).start()
+    start = f"http://flaky.test:{site.port}/"
+    try:
+        # The first query fails; every later one would answer loopback.
+        result, queries = hostile_crawl(tmp_path, start, {"flaky.test": [None, "127.0.0.1"]})
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    assert sum(site.hits.values()) == 0  # not even robots.txt
+    assert queries == ["flaky.test"]  # the guard's query only: nobody asked again
+    refused = warnings(result.log, "dns")
+    assert len(refused) == 1 and start in refused[0], result.log[-3000:]
+    assert "flaky.test does not resolve" in refused[0]
+    assert "'imgcrawl/failed/dns': 1" in result.log
+    assert "private-address" not in result.log and "Traceback" not in result.log
+
+
+def test_a_name_rebound_after_the_guards_check_connects_nowhere(tmp_path):
+    # "Public" (127.0.0.2) to the guard, loopback to the downloader's own query: Scrapy's DNS
+    # cache is off, so the downloader asks again. The site on 127.0.0.1 is the intranet.
+    site = LocalSite({"/": ("text/html", b"secret")}).start()
+    start = f"http://rebind.test:{site.port}/"
+    middlewares = {**defaults.DOWNLOADER_MIDDLEWARES, "imgcrawl.guard.PrivateAddressGuard": None,
+                   "hostiledns.TwoIsPublic": 60}
+    try:
+        result, queries = hostile_crawl(
+            tmp_path, start, {"rebind.test": ["127.0.0.2", "127.0.0.1"]},
+            DNSCACHE_ENABLED=False, ROBOTSTXT_OBEY=False, RETRY_TIMES=0,
+            DOWNLOADER_MIDDLEWARES=json.dumps(middlewares),
+        )
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    assert queries == ["rebind.test", "rebind.test"]  # the guard's, then the downloader's
+    assert sum(site.hits.values()) == 0 and site.connections == 0
+    refused = warnings(result.log, "dns")
+    assert len(refused) == 1 and start in refused[0], result.log[-3000:]
+    assert "Traceback" not in result.log
