@@ -5,8 +5,10 @@ a cloud metadata address (``169.254.169.254``). By default every request, pages,
 each redirect hop alike, is refused unless its host resolves to a public address, and it
 fails closed:
 
-- a name that does not resolve is refused (``dns``): let through, the downloader would
-  look it up again and could get another answer;
+- a name that does not resolve is refused (``dns``): let through, the downloader (or a proxy)
+  would look it up again and could get another answer;
+- a request a proxy would carry is refused (``proxy``) unless ``IMGCRAWL_ALLOW_PROXY = True``:
+  the proxy looks names up and connects on its own, where the guard cannot see;
 - while the crawl runs, every connection the downloader opens gets only addresses the guard
   allows, so a name that answers "public" to the guard and "private" to the downloader's own
   lookup (DNS rebinding) reaches nothing.
@@ -17,11 +19,14 @@ fails closed:
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.url import add_http_if_no_scheme
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from zope.interface import implementer
@@ -57,15 +62,31 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def proxy_of(request, env_proxies: dict[str, str]) -> str | None:
+    """The proxy ``request`` will go through. HttpProxyMiddleware decides that after the guard
+    has run, by this rule: ``meta["proxy"]`` when set (None: no proxy), else the environment's
+    proxy for the URL's scheme, unless ``no_proxy`` names the host."""
+    if "proxy" in request.meta:
+        return request.meta["proxy"]
+    parts = urlparse_cached(request)
+    if parts.scheme in ("http", "https") and (not parts.hostname or proxy_bypass(parts.hostname)):
+        return None
+    return env_proxies.get(parts.scheme)
+
+
 class PrivateAddressGuard:
     """Refuses requests whose host does not resolve, or resolves to a non-public address
     (checked per request, so each redirect hop is checked too, after DNS: a public name for
-    10.0.0.1 is refused)."""
+    10.0.0.1 is refused), and requests a proxy would carry unless proxies are allowed."""
 
     def __init__(self, crawler):
         settings = crawler.settings
         if settings.getbool("IMGCRAWL_ALLOW_PRIVATE"):
             raise NotConfigured  # no message: Scrapy would log it as a WARNING
+        self.allow_proxy = settings.getbool("IMGCRAWL_ALLOW_PROXY")
+        # Read as HttpProxyMiddleware reads them, so the guard knows what it will do.
+        self.env_proxies = getproxies() if settings.getbool("HTTPPROXY_ENABLED") else {}
+        self.proxy_hosts: set[str] = set()  # allowed proxies: connections to them are not checked
         self.resolver = None  # the reactor's own name resolver, once connections are checked
         # Once running: Scrapy installs its caching resolver just before it starts the reactor.
         _reactor().callWhenRunning(self.check_connections)
@@ -91,13 +112,20 @@ class PrivateAddressGuard:
 
     async def process_request(self, request, spider=None):
         host = (urlparse_cached(request).hostname or "").strip("[]")
+        proxy = proxy_of(request, self.env_proxies)
         # Each refusal is reported (once) by whoever made the request: the pipeline or the
         # spider's errback.
+        if proxy:
+            if not self.allow_proxy:
+                raise BlockedRequest("proxy", f"{request.url} would go through the proxy "
+                                     f"{proxy}, which connects where the guard cannot check "
+                                     "(set IMGCRAWL_ALLOW_PROXY=True to allow)")
+            self.proxy_hosts.add(urlsplit(add_http_if_no_scheme(proxy)).hostname)
         if _is_ip(host):
             addresses = [host]
         else:
             addresses = await self.resolve(host) if host else []
-        if not addresses:  # refused here, or the downloader would ask again
+        if not addresses:  # refused here, or the downloader or the proxy would ask again
             raise BlockedRequest("dns", f"{host or request.url} does not resolve, so the guard "
                                  "cannot check where it leads")
         for address in addresses:
@@ -124,15 +152,17 @@ class PrivateAddressGuard:
 
 @implementer(IHostnameResolver)
 class _AllowedOnly:
-    """A name resolver passing on only the addresses the guard allows."""
+    """A name resolver passing on only the addresses the guard allows (proxies: all)."""
 
     def __init__(self, resolver, guard: PrivateAddressGuard):
         self.resolver, self.guard = resolver, guard
 
     def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,  # noqa: N802, N803
                         transportSemantics="TCP"):  # noqa: N803 - Twisted's interface
-        return self.resolver.resolveHostName(_Filtered(receiver, self.guard.allowed), hostName,
-                                             portNumber, addressTypes, transportSemantics)
+        if hostName not in self.guard.proxy_hosts:
+            receiver = _Filtered(receiver, self.guard.allowed)
+        return self.resolver.resolveHostName(receiver, hostName, portNumber, addressTypes,
+                                             transportSemantics)
 
 
 @implementer(IResolutionReceiver)

@@ -51,6 +51,10 @@ DOWNLOADER_MIDDLEWARES = {
 # addresses are refused; so is every connection to such an address. The demo and
 # the tests crawl 127.0.0.1 on purpose and set this to True.
 IMGCRAWL_ALLOW_PRIVATE = False
+# A proxy (http_proxy/https_proxy, or meta["proxy"]) looks names up and connects where the
+# guard cannot check, so with the guard on, requests it would carry are refused unless this
+# is True; the guard then still refuses targets that do not resolve to a public address.
+IMGCRAWL_ALLOW_PROXY = False
 # Quotas (0 = none): stop and close the crawl once this many images / bytes are stored.
 IMGCRAWL_MAX_IMAGES = 0
 IMGCRAWL_MAX_BYTES = 0

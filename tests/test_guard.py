@@ -1,10 +1,10 @@
-"""The SSRF guard fails closed: on DNS failures, on DNS rebinding, and on IPv6 forms that
-carry an IPv4 address.
+"""The SSRF guard fails closed: on DNS failures, behind a proxy, on DNS rebinding, and on
+IPv6 forms that carry an IPv4 address.
 
 The crawls run for real (``scrapy crawl`` in a subprocess, the guard on) against a hostile DNS
 server stand-in the test controls: Scrapy's own caching resolver (``TWISTED_DNS_RESOLVER``)
 over a table of answers, one per query, which logs every query that reaches it, as a DNS
-server's query log would. Sites listen on 127.0.0.1 at free ports.
+server's query log would. Sites and the proxy listen on 127.0.0.1 at free ports.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from io import BytesIO
 
 import pytest
 from PIL import Image
+from scrapy import Request
 
 from conftest import LocalSite, run_crawl
 from imgcrawl import settings as defaults
-from imgcrawl.guard import is_public
+from imgcrawl.guard import is_public, proxy_of
 
 # -- is_public: IPv6 forms that carry an IPv4 address --------------------------------------
 
@@ -67,6 +68,22 @@ def test_teredo_helper_builds_what_ipaddress_reads():
 
     server, client = ipaddress.ip_address(teredo(PUBLIC_INNER, "10.0.0.1")).teredo
     assert (str(server), str(client)) == (PUBLIC_INNER, "10.0.0.1")
+
+
+# -- which proxy a request will use (HttpProxyMiddleware's rule, ahead of it) -----------------
+
+@pytest.mark.parametrize(("url", "meta", "expected"), [
+    ("http://gallery.test/", {}, "http://127.0.0.1:3128"),
+    ("https://gallery.test/", {}, None),  # no https_proxy in this environment
+    ("http://skip.test/", {}, None),  # no_proxy names it
+    ("http://gallery.test/", {"proxy": "http://other:8080"}, "http://other:8080"),
+    ("http://gallery.test/", {"proxy": None}, None),  # explicitly no proxy
+    ("https://gallery.test/", {"proxy": "http://other:8080"}, "http://other:8080"),
+])
+def test_proxy_of(monkeypatch, url, meta, expected):
+    monkeypatch.setenv("no_proxy", "skip.test")
+    env_proxies = {"http": "http://127.0.0.1:3128"}
+    assert proxy_of(Request(url, meta=meta), env_proxies) == expected
 
 
 # -- real crawls against a hostile DNS server ---------------------------------------------
@@ -177,4 +194,54 @@ def test_a_name_rebound_after_the_guards_check_connects_nowhere(tmp_path):
     assert sum(site.hits.values()) == 0 and site.connections == 0
     refused = warnings(result.log, "dns")
     assert len(refused) == 1 and start in refused[0], result.log[-3000:]
+    assert "Traceback" not in result.log
+
+
+@pytest.fixture
+def behind_proxy(monkeypatch):
+    """An HTTP proxy on 127.0.0.1 that reaches the gallery and the intranet (it answers for
+    gallery.test, intranet.invalid and metadata.test itself), set in this process's
+    environment, so in the crawl's. ``hits`` holds every URL it was asked for."""
+    page = (b'<img src="/a.jpg"><img src="http://intranet.invalid/secret.jpg">'
+            b'<img src="http://metadata.test/latest.jpg">')
+    proxy = LocalSite({"http://gallery.test/": ("text/html", page),
+                       "http://gallery.test/a.jpg": ("image/jpeg", jpeg()),
+                       "http://intranet.invalid/secret.jpg": ("image/jpeg", jpeg()),
+                       "http://metadata.test/latest.jpg": ("image/jpeg", jpeg())}).start()
+    for name in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", proxy.url(""))
+    yield proxy
+    proxy.stop()
+
+
+# What our own DNS says: the gallery is public (never connected to: the proxy is), the
+# metadata name is link-local, intranet.invalid does not resolve (only the proxy knows it).
+PROXY_DNS = {"gallery.test": ["93.184.216.34"], "metadata.test": ["169.254.169.254"]}
+
+
+def test_a_proxy_is_refused_by_default(tmp_path, behind_proxy):
+    proxy = behind_proxy
+    result, _ = hostile_crawl(tmp_path, "http://gallery.test/", PROXY_DNS)
+    assert result.returncode == 0, result.log[-3000:]
+    assert sum(proxy.hits.values()) == 0 and proxy.connections == 0
+    refused = warnings(result.log, "proxy")
+    assert len(refused) == 1 and "http://gallery.test/" in refused[0] and proxy.url("") in refused[0]
+    assert "IMGCRAWL_ALLOW_PROXY=True" in refused[0]
+    assert "Traceback" not in result.log
+
+
+def test_an_allowed_proxy_never_gets_a_target_the_guard_refuses(tmp_path, behind_proxy):
+    proxy = behind_proxy
+    result, _ = hostile_crawl(tmp_path, "http://gallery.test/", PROXY_DNS, IMGCRAWL_ALLOW_PROXY=True)
+    assert result.returncode == 0, result.log[-3000:]
+    assert sorted(proxy.hits) == ["http://gallery.test/", "http://gallery.test/a.jpg",
+                                  "http://gallery.test/robots.txt"]  # and nothing else
+    lines = {line["url"]: (line["status"], line.get("reason")) for line in result.manifest()}
+    assert lines == {
+        "http://gallery.test/a.jpg": ("downloaded", None),
+        "http://intranet.invalid/secret.jpg": ("failed", "dns"),
+        "http://metadata.test/latest.jpg": ("failed", "private-address"),
+    }
+    assert len(warnings(result.log, "dns")) == 1 and len(warnings(result.log, "private-address")) == 1
     assert "Traceback" not in result.log
