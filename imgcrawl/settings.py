@@ -47,9 +47,14 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "imgcrawl.retry.BackoffRetryMiddleware": 550,
 }
-# SSRF guard: loopback, private, link-local and metadata addresses are refused. The demo and
+# SSRF guard: names that do not resolve and loopback, private, link-local and metadata
+# addresses are refused; so is every connection to such an address. The demo and
 # the tests crawl 127.0.0.1 on purpose and set this to True.
 IMGCRAWL_ALLOW_PRIVATE = False
+# A proxy (http_proxy/https_proxy, or meta["proxy"]) looks names up and connects where the
+# guard cannot check, so with the guard on, requests it would carry are refused unless this
+# is True; the guard then still refuses targets that do not resolve to a public address.
+IMGCRAWL_ALLOW_PROXY = False
 # Quotas (0 = none): stop and close the crawl once this many images / bytes are stored.
 IMGCRAWL_MAX_IMAGES = 0
 IMGCRAWL_MAX_BYTES = 0
