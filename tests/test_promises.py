@@ -1,0 +1,204 @@
+"""Promises the rest of the suite did not hold: each test here fails when its promise is broken.
+
+* Pillow, the image files and the "already stored?" checks never run on the reactor thread,
+  with either worker pool (README, ``IMGCRAWL_WORKER_POOL``): real crawls watched by
+  ``tests/reactor_watch.py``, installed as the crawl's ``sitecustomize``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CRAWL_TIMEOUT, REPO, CrawlResult, LocalSite, crawl_command
+from imgcrawl.demo import build_gallery
+
+WATCH = Path(__file__).with_name("reactor_watch.py")
+
+
+# -- the reactor thread --------------------------------------------------------------
+
+def watch_env(env: dict, tmp: Path, store: Path, name: str) -> Path:
+    """``env`` with tests/reactor_watch.py as ``sitecustomize``; returns the report directory."""
+    site_dir = tmp / "watch-sitecustomize"
+    site_dir.mkdir(exist_ok=True)
+    shutil.copyfile(WATCH, site_dir / "sitecustomize.py")
+    out = tmp / name
+    out.mkdir()
+    env.update(PYTHONPATH=os.pathsep.join([str(site_dir), env.get("PYTHONPATH", str(REPO))]),
+               REACTOR_WATCH_DIR=str(out), REACTOR_WATCH_STORE=str(store.resolve()))
+    env.pop("REACTOR_WATCH_CHILD", None)
+    return out
+
+
+def watch_report(out: Path) -> dict:
+    """The one report: the watched process's own (its image workers are not watched)."""
+    reports = sorted(out.glob("watch-*.json"))
+    assert len(reports) == 1, f"expected one report (the main process only), got {reports}"
+    return json.loads(reports[0].read_text())
+
+
+def watched_crawl(tmp: Path, store: Path, name: str, *args: str, settings: dict) -> tuple[CrawlResult, dict]:
+    cmd, env = crawl_command(store, *args, settings=settings)
+    out = watch_env(env, tmp, store, name)
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=CRAWL_TIMEOUT)
+    result = CrawlResult(proc.returncode, proc.stdout + proc.stderr, store)
+    assert result.returncode == 0, result.log[-3000:]
+    assert "'finish_reason': 'finished'" in result.log and "Traceback" not in result.log, result.log[-3000:]
+    report = watch_report(out)
+    # Scrapy ran the reactor on the main thread: what the watch saw there is the reactor thread.
+    assert report["reactor_thread"] == report["main_thread"], report
+    return result, report
+
+
+def assert_none_on_reactor(report: dict, *kinds: str) -> None:
+    found = on_reactor(report, *kinds)
+    assert not found, f"{len(found)} on the reactor thread, e.g.:\n" + "\n".join(found[:10])
+
+
+def on_reactor(report: dict, *kinds: str) -> list[str]:
+    """The violations of these kinds, each with the innermost imgcrawl frame that made it."""
+    found = []
+    for v in report["violations"]:
+        if v["kind"] in kinds:
+            ours = [f for f in v["stack"] if "/imgcrawl/" in f]
+            found.append(f"{v['kind']}: {v['detail']} (from {ours[0] if ours else v['stack'][0]})")
+    return found
+
+
+@pytest.fixture(scope="module", params=["process", "thread"])
+def watched_crawls(request, tmp_path_factory):
+    """The demo gallery crawled, then crawled again into the same store (every image
+    already stored: the lookups and their stat calls), both watched."""
+    pool = request.param
+    tmp = tmp_path_factory.mktemp(f"watched-{pool}")
+    store = tmp / "store"
+    site = LocalSite(build_gallery()).start()
+    args = ("-a", f"url={site.url('/gallery/')}")
+    try:
+        first = watched_crawl(tmp, store, "first", *args, settings={"IMGCRAWL_WORKER_POOL": pool})
+        again = watched_crawl(tmp, store, "again", *args, settings={"IMGCRAWL_WORKER_POOL": pool})
+    finally:
+        site.stop()
+    stored = {line["url"]: line for line in first[0].manifest() if line["status"] == "downloaded"}
+    assert len(stored) == 18
+    for url, line in stored.items():  # the crawl did its work: every image stored byte-exact
+        assert (store / line["path"]).read_bytes() == site.files[url.split(str(site.port), 1)[1]][1]
+    assert "'file_status_count/uptodate': 18" in again[0].log
+    return pool, first, again
+
+
+def test_pillow_and_store_writes_never_run_on_the_reactor_thread(watched_crawls):
+    pool, (_, first), (_, again) = watched_crawls
+    assert_none_on_reactor(first, "pillow", "store-write")
+    assert_none_on_reactor(again, "pillow", "store-write")  # the broken image is tried again
+    # The wrappers were live: the work was seen, elsewhere.
+    if pool == "thread":
+        assert first["off_reactor"]["pillow"] > 18 and first["off_reactor"]["store-write"] > 18 * 3
+    else:  # not even in this process: in the imgcrawl.worker processes
+        assert "pillow" not in first["off_reactor"]
+
+
+def test_already_stored_lookups_and_stats_never_run_on_the_reactor_thread(watched_crawls):
+    _, (_, first), (_, again) = watched_crawls
+    assert_none_on_reactor(first, "index", "store-stat")
+    assert_none_on_reactor(again, "index", "store-stat")
+    # The re-crawl looked up every image and stat'ed its original and thumbnail: elsewhere.
+    assert again["off_reactor"]["store-stat"] >= 18 * 2 and again["off_reactor"]["index"] >= 18
+
+
+def test_closing_the_index_never_blocks_the_reactor_thread(watched_crawls):
+    """The watch makes closing the SQLite connection take 1 s: the reactor thread must not
+    wait for it (neither by closing it itself nor by joining the thread that does)."""
+    _, (_, first), (_, again) = watched_crawls
+    for report in (first, again):
+        assert_none_on_reactor(report, "index-close", "blocking-join")
+        assert report["off_reactor"]["index-close"] == 1
+
+
+def test_contact_sheet_records_are_not_written_on_the_reactor_thread(watched_crawls):
+    """README: "file writes ... never on the reactor thread"; the contact sheet is "written
+    ... off the reactor thread". Its records are buffered in a temporary file as items pass."""
+    _, (first_result, first), (_, again) = watched_crawls
+    assert (first_result.store / "index.html").is_file()
+    assert_none_on_reactor(first, "file-write")
+    assert_none_on_reactor(again, "file-write")
+
+
+CONTROL = r'''
+import os, subprocess, sys, tempfile, threading, time
+from io import BytesIO
+from pathlib import Path
+
+from PIL import Image
+
+from imgcrawl import imaging
+from imgcrawl.index import SQLiteIndex
+
+store = Path(os.environ["REACTOR_WATCH_STORE"])
+
+
+def work(tag):
+    buf = BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG")
+    imaging.process_image(buf.getvalue(), str(store / "full" / f"{tag}.jpg"),
+                          {"small": ((16, 16), str(store / "thumbs" / "small" / f"{tag}.jpg"))})
+    assert (store / "full" / f"{tag}.jpg").exists()
+    with open(store / "full" / f"{tag}-plain.jpg", "wb") as f:
+        f.write(b"plain")
+    with open(store / "manifest.jsonl", "ab") as f:  # the one file excepted
+        f.write(b"{}\n")
+    with tempfile.TemporaryFile("w+") as f:
+        f.write("a record\n")
+    index = SQLiteIndex(store / ".imgcrawl" / f"{tag}.sqlite")
+    index.get("http://site.example/a.jpg")
+    index.close()
+
+
+if sys.argv[1] == "main":
+    work("main")
+    sleeper = threading.Thread(target=time.sleep, args=(1.0,), name="sleeper")
+    sleeper.start()
+    sleeper.join()
+    # A child process inherits the environment: it must not report.
+    subprocess.run([sys.executable, "-c", "from PIL import Image; Image.new('RGB', (2, 2)).load()"], check=True)
+else:
+    worker = threading.Thread(target=work, args=("thread",))
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)  # short waits: none is a blocking join
+'''
+
+
+def test_the_reactor_watch_sees_calls_on_the_main_thread_and_only_there(tmp_path):
+    """The positive control: the same watch records each kind of call made on the main
+    thread, and none made on another thread."""
+    (tmp_path / "control.py").write_text(CONTROL)
+    store = tmp_path / "store"
+    reports = {}
+    for where in ("main", "thread"):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        out = watch_env(env, tmp_path, store, f"watch-{where}")
+        proc = subprocess.run([sys.executable, "control.py", where], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports[where] = watch_report(out)
+    seen = {(v["kind"], v["detail"].split(" ", 1)[0]) for v in reports["main"]["violations"]}
+    assert {
+        ("pillow", "PIL.Image.open"), ("pillow", "ImageFile.load"), ("pillow", "Image.thumbnail"),
+        ("pillow", "Image.save"),
+        ("store-write", "os.open"), ("store-write", "os.write"), ("store-write", "rename"),
+        ("store-write", "open('wb')"), ("store-write", "BufferedWriter.write"),
+        ("store-stat", "stat"), ("index", "SELECT"), ("index-close", "close"),
+        ("file-write", "TextIOWrapper.write"), ("blocking-join", "sleeper"),
+    } <= seen, seen
+    assert not [v for v in reports["main"]["violations"] if "manifest.jsonl" in v["detail"]]
+    assert reports["thread"]["violations"] == []
+    off = reports["thread"]["off_reactor"]
+    assert {"pillow", "store-write", "store-stat", "index", "index-close"} <= set(off), off
