@@ -3,18 +3,24 @@
 * Pillow, the image files and the "already stored?" checks never run on the reactor thread,
   with either worker pool (README, ``IMGCRAWL_WORKER_POOL``): real crawls watched by
   ``tests/reactor_watch.py``, installed as the crawl's ``sitecustomize``.
+* ``imaging.atomic_write``: a write killed midway never leaves a half file at the final name.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import shutil
+import signal
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import CRAWL_TIMEOUT, REPO, CrawlResult, LocalSite, crawl_command
 from imgcrawl.demo import build_gallery
@@ -202,3 +208,91 @@ def test_the_reactor_watch_sees_calls_on_the_main_thread_and_only_there(tmp_path
     assert reports["thread"]["violations"] == []
     off = reports["thread"]["off_reactor"]
     assert {"pillow", "store-write", "store-stat", "index", "index-close"} <= set(off), off
+
+
+# -- atomic_write ----------------------------------------------------------------------
+
+LIMIT = 1 << 20  # RLIMIT_FSIZE: the kernel stops the writer at this many bytes
+
+KILLED_WRITE = r'''
+import resource, signal, sys
+
+from imgcrawl.imaging import atomic_write
+
+if sys.argv[2] == "die":  # the kernel's default: killed. Python ignores SIGXFSZ (EFBIG instead)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+try:
+    atomic_write(sys.argv[1], b"new!" * int(sys.argv[3]))  # four times the limit
+except OSError as exc:
+    print(exc.errno)
+'''
+
+
+def killed_write(tmp_path: Path, target: Path, mode: str) -> subprocess.CompletedProcess:
+    (tmp_path / "killed_write.py").write_text(KILLED_WRITE)
+    return subprocess.run(
+        [sys.executable, "killed_write.py", str(target), mode, str(LIMIT)], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("old", [None, b"the old version, whole"])
+def test_a_write_killed_midway_leaves_no_half_file(tmp_path, old):
+    """The writer is killed by the kernel (SIGXFSZ) after exactly LIMIT bytes, in the
+    middle of its write: the final name holds nothing, or the old version whole."""
+    store = tmp_path / "full"
+    store.mkdir()
+    target = store / "a.jpg"
+    if old is not None:
+        target.write_bytes(old)
+    proc = killed_write(tmp_path, target, "die")
+    assert proc.returncode == -signal.SIGXFSZ, (proc.returncode, proc.stderr[-2000:])
+    if old is None:
+        assert not target.exists(), f"a half file at the final name: {target.stat().st_size} bytes"
+    else:
+        assert target.read_bytes() == old
+    # It was killed mid-write, not before: LIMIT bytes went to a temporary name.
+    assert [p.stat().st_size for p in store.iterdir() if p != target] == [LIMIT]
+
+
+def test_a_failed_write_leaves_neither_a_half_file_nor_its_temp_file(tmp_path):
+    store = tmp_path / "full"
+    store.mkdir()
+    target = store / "a.jpg"
+    proc = killed_write(tmp_path, target, "error")
+    assert proc.returncode == 0 and proc.stdout.split() == [str(errno.EFBIG)], (proc.stdout, proc.stderr[-2000:])
+    assert list(store.iterdir()) == []
+
+
+WORKER = (  # imgcrawl.worker's own loop, with the kernel's default for SIGXFSZ: killed
+    "import signal; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); "
+    "from imgcrawl.worker import serve; serve()"
+)
+
+
+def test_an_image_worker_killed_while_writing_leaves_no_half_original(tmp_path):
+    """An image worker (``imgcrawl.worker.serve``) given a 3 MB BMP is killed by the kernel
+    after LIMIT bytes of the original, as a kill -9 or the OOM killer would: nothing at
+    the final name."""
+    buf = BytesIO()
+    Image.new("RGB", (1200, 900), (10, 200, 90)).save(buf, "BMP")
+    body = buf.getvalue()
+    assert len(body) > 3 * LIMIT
+    original = tmp_path / "store" / "full" / "a.bmp"
+    original.parent.mkdir(parents=True)
+
+    def limit_file_size():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limit_file_size,
+    )
+    job = pickle.dumps(("process_image", (body, str(original), {}, 100_000_000)))
+    _, stderr = worker.communicate(job, timeout=60)
+    assert worker.returncode == -signal.SIGXFSZ, (worker.returncode, stderr[-2000:])
+    assert not original.exists(), f"a half original at the final name: {original.stat().st_size} bytes"
+    assert [p.stat().st_size for p in original.parent.iterdir() if p != original] == [LIMIT]
