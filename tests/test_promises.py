@@ -4,6 +4,7 @@
   with either worker pool (README, ``IMGCRAWL_WORKER_POOL``): real crawls watched by
   ``tests/reactor_watch.py``, installed as the crawl's ``sitecustomize``.
 * ``imaging.atomic_write``: a write killed midway never leaves a half file at the final name.
+* ``IMGCRAWL_MAX_INFLIGHT`` bounds the images downloading at once.
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import CRAWL_TIMEOUT, REPO, CrawlResult, LocalSite, crawl_command
+from conftest import CRAWL_TIMEOUT, REPO, CrawlResult, LocalSite, crawl_command, run_crawl
 from imgcrawl.demo import build_gallery
 
 WATCH = Path(__file__).with_name("reactor_watch.py")
+
+
+def jpeg(seed: int, size=(64, 48)) -> bytes:
+    buf = BytesIO()
+    Image.new("RGB", size, (seed * 37 % 256, 120, 200 - seed % 100)).save(buf, "JPEG")
+    return buf.getvalue()
 
 
 # -- the reactor thread --------------------------------------------------------------
@@ -296,3 +305,53 @@ def test_an_image_worker_killed_while_writing_leaves_no_half_original(tmp_path):
     assert worker.returncode == -signal.SIGXFSZ, (worker.returncode, stderr[-2000:])
     assert not original.exists(), f"a half original at the final name: {original.stat().st_size} bytes"
     assert [p.stat().st_size for p in original.parent.iterdir() if p != original] == [LIMIT]
+
+
+# -- IMGCRAWL_MAX_INFLIGHT -------------------------------------------------------------
+
+def slow_gallery(images: int, delay: float) -> tuple[LocalSite, dict]:
+    """One page of ``images`` images, each answered after ``delay`` s; ``seen["peak"]`` is
+    the most image requests the server had in progress at once."""
+    bodies = {f"/img/{i}.jpg": jpeg(i) for i in range(images)}
+    page = "".join(f'<img src="{path}">' for path in bodies)
+    site = LocalSite({"/": ("text/html", f"<html><body>{page}</body></html>".encode())})
+    seen = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def slow(h):
+        with lock:
+            seen["now"] += 1
+            seen["peak"] = max(seen["peak"], seen["now"])
+        time.sleep(delay)
+        with lock:  # before the answer: the client cannot have it (and ask again) sooner
+            seen["now"] -= 1
+        body = bodies[h.path]
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    site.handlers.update({path: slow for path in bodies})
+    site.images = bodies
+    return site.start(), seen
+
+
+@pytest.mark.parametrize(("max_inflight", "expected_peak"), [(2, (1, 2)), (8, (4, 8))])
+def test_max_inflight_bounds_the_images_in_progress(tmp_path, max_inflight, expected_peak):
+    """Twelve slow images on one page, CONCURRENT_REQUESTS far above the bound: the server
+    never has more image requests in progress than IMGCRAWL_MAX_INFLIGHT (and with a
+    looser bound it does get more than two at once, so the site allows concurrency)."""
+    site, seen = slow_gallery(images=12, delay=0.25)
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/')}", settings={
+            "IMGCRAWL_MAX_INFLIGHT": max_inflight, "CONCURRENT_REQUESTS": 32,
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 32, "IMAGES_THUMBS": "{}",
+        })
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    stored = [line for line in result.manifest() if line["status"] == "downloaded"]
+    assert len(stored) == 12 and all(site.hits[path] == 1 for path in site.images)
+    low, high = expected_peak
+    assert low <= seen["peak"] <= high, seen
