@@ -5,6 +5,7 @@
   ``tests/reactor_watch.py``, installed as the crawl's ``sitecustomize``.
 * ``imaging.atomic_write``: a write killed midway never leaves a half file at the final name.
 * ``IMGCRAWL_MAX_INFLIGHT`` bounds the images downloading at once.
+* ``IMAGES_EXPIRES``: a stored image is fetched again once it is due, and only then.
 """
 
 from __future__ import annotations
@@ -355,3 +356,39 @@ def test_max_inflight_bounds_the_images_in_progress(tmp_path, max_inflight, expe
     assert len(stored) == 12 and all(site.hits[path] == 1 for path in site.images)
     low, high = expected_peak
     assert low <= seen["peak"] <= high, seen
+
+
+# -- IMAGES_EXPIRES --------------------------------------------------------------------
+
+def test_images_expires_refetches_stored_images_once_due_and_only_then(tmp_path):
+    bodies = {f"/img/{i}.jpg": jpeg(i, (80 + i, 60)) for i in range(6)}
+    page = "".join(f'<img src="{path}">' for path in bodies)
+    site = LocalSite({"/": ("text/html", page.encode()),
+                      **{p: ("image/jpeg", b) for p, b in bodies.items()}}).start()
+    url = site.url("/")
+
+    def crawl(settings=None) -> tuple[CrawlResult, dict]:
+        before = {p: site.hits[p] for p in bodies}
+        result = run_crawl(tmp_path, "-a", f"url={url}", settings=settings)
+        assert result.returncode == 0, result.log[-3000:]
+        return result, {p: site.hits[p] - before[p] for p in bodies}
+
+    try:
+        first, fetched = crawl()
+        assert set(fetched.values()) == {1}
+        stored = {line["url"]: (line["path"], line["sha256"]) for line in first.manifest()}
+        kept, fetched = crawl()  # default: 90 days
+        assert set(fetched.values()) == {0}, fetched
+        assert "'file_status_count/uptodate': 6" in kept.log
+        due, fetched = crawl({"IMAGES_EXPIRES": 0})  # every stored image is due now
+        assert set(fetched.values()) == {1}, fetched
+        assert "'file_status_count/downloaded': 6" in due.log
+        again, fetched = crawl()  # stored anew: fresh again
+        assert set(fetched.values()) == {0}, fetched
+    finally:
+        site.stop()
+    downloaded = {line["url"]: line for line in due.manifest()[12:18]}  # the third crawl's lines
+    assert set(downloaded) == {site.url(p) for p in bodies}
+    for u, line in downloaded.items():
+        assert line["status"] == "downloaded" and (line["path"], line["sha256"]) == stored[u]
+        assert (due.store / line["path"]).read_bytes() == bodies[u.split(str(site.port), 1)[1]]
