@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CRAWL_TIMEOUT, REPO, CrawlResult, LocalSite, crawl_command, run_crawl
+from conftest import CRAWL_TIMEOUT, REPO, CrawlResult, LocalSite, answer, crawl_command, run_crawl
 from imgcrawl.demo import build_gallery
 
 WATCH = Path(__file__).with_name("reactor_watch.py")
@@ -326,12 +326,7 @@ def slow_gallery(images: int, delay: float) -> tuple[LocalSite, dict]:
         time.sleep(delay)
         with lock:  # before the answer: the client cannot have it (and ask again) sooner
             seen["now"] -= 1
-        body = bodies[h.path]
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
+        answer(h, "image/jpeg", bodies[h.path])
 
     site.handlers.update({path: slow for path in bodies})
     site.images = bodies
