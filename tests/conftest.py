@@ -93,6 +93,15 @@ class LocalSite:
         self._server.server_close()
 
 
+def answer(h: BaseHTTPRequestHandler, content_type: str, body: bytes, status: int = 200) -> None:
+    """Write a whole response from a :class:`LocalSite` handler."""
+    h.send_response(status)
+    h.send_header("Content-Type", content_type)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
 @pytest.fixture
 def demo_site():
     site = LocalSite(build_gallery()).start()
