@@ -22,10 +22,10 @@ from scrapy.exceptions import NotConfigured
 from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
-from twisted.internet.threads import deferToThread
 
 from imgcrawl import contact_sheet
 from imgcrawl.manifest import fill_feed_uri
+from imgcrawl.workerpool import BatchingThread
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +143,12 @@ class Progress:
 
 
 class ContactSheet:
-    """Writes ``<IMAGES_STORE>/index.html`` at spider close, off the reactor thread.
+    """Writes ``<IMAGES_STORE>/index.html`` at spider close.
 
     The records are streamed to a temporary file as items pass (memory stays flat on long
-    crawls) and read back once by the writer thread.
+    crawls) and read back once at the end. Every file operation runs on one writer thread,
+    in order, never on the reactor thread; the records of the items that finished within a
+    short window cross to it together.
     """
 
     FILENAME = "index.html"
@@ -154,7 +156,10 @@ class ContactSheet:
     def __init__(self, crawler, store: Path):
         self.crawler = crawler
         self.path = store / self.FILENAME
-        self.buffer = None
+        self.writer: BatchingThread | None = None
+        self.buffer = None  # the temporary file, used on the writer thread only
+        self.records = 0
+        self.write_error: BaseException | None = None
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -168,28 +173,54 @@ class ContactSheet:
         return o
 
     def spider_opened(self, spider) -> None:
+        self.writer = BatchingThread("imgcrawl-sheet")
+        self._on_writer(self._open)
+
+    def _on_writer(self, fn, *args):
+        d = self.writer.call(fn, *args)
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, failure) -> None:
+        self.write_error = self.write_error or failure.value
+
+    def _open(self) -> None:
         self.buffer = tempfile.TemporaryFile("w+", encoding="utf-8", prefix="imgcrawl-sheet-")
 
     def item_scraped(self, item, response, spider) -> None:
         # record_for reads a few fields: no need for asdict()'s deep copy of the whole item.
-        self.buffer.write(json.dumps(contact_sheet.record_for(ItemAdapter(item))) + "\n")
+        self.records += 1
+        self._on_writer(self._append, json.dumps(contact_sheet.record_for(ItemAdapter(item))) + "\n")
+
+    def _append(self, line: str) -> None:
+        if self.buffer is not None:
+            self.buffer.write(line)
 
     async def spider_closed(self, spider, reason: str) -> None:
-        if self.buffer is None or not self.buffer.tell():
-            if self.buffer is not None:
-                self.buffer.close()
-            return  # nothing crawled (e.g. a bad argument): leave any old sheet alone
+        if self.writer is None:
+            return
         title = f"{spider.name}: {self.crawler.settings.get('IMAGES_STORE')}"
+        # Nothing crawled (e.g. a bad argument): leave any old sheet alone.
+        write = self.write if self.records else None
         try:
-            path = await maybe_deferred_to_future(deferToThread(self.write, title))
+            path = await maybe_deferred_to_future(self.writer.close(lambda: self._finish(write, title)))
         except OSError as exc:  # e.g. the disk filled up: the images are stored, say so and go on
             logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
-        else:
+            return
+        if self.write_error is not None:
+            logger.error("Could not write the contact sheet %s: %s", self.path, self.write_error,
+                         extra={"spider": spider})
+        elif path is not None:
             logger.info("Contact sheet: %s", path.as_uri(), extra={"spider": spider})
 
-    def write(self, title: str) -> Path:
+    def _finish(self, write, title: str) -> Path | None:
+        if self.buffer is None:
+            return None
         with self.buffer:
-            return contact_sheet.write(_Records(self.buffer), self.path, title)
+            return write(title) if write is not None and self.write_error is None else None
+
+    def write(self, title: str) -> Path:
+        return contact_sheet.write(_Records(self.buffer), self.path, title)
 
 
 class _Records:
