@@ -4,7 +4,8 @@
   ``%(images_store)s/manifest.jsonl``, so the manifest sits with the images.
 * :class:`RepairManifest` (an extension) cuts a half-written last line left by a killed
   crawl before the feed exporter appends to the file.
-* :class:`ManifestCsvItemExporter` (``FEED_EXPORTERS["csv"]``) writes ``thumbs`` as JSON.
+* :class:`ManifestCsvItemExporter` (``FEED_EXPORTERS["csv"]``) writes ``thumbs`` as JSON and
+  quotes cells a spreadsheet would run as a formula.
 """
 
 from __future__ import annotations
@@ -80,10 +81,24 @@ class RepairManifest:
         return cls()
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR,
+# may strip them and then read one): alt texts, titles and URLs come from the crawled site.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """OWASP's CSV-injection defence: a cell that would start a formula gets a leading
+    single quote, which spreadsheets read as "this is text" and do not show."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 class ManifestCsvItemExporter(CsvItemExporter):
-    """Scrapy's CSV exporter writes a dict as its Python repr; JSON can be read back."""
+    """Scrapy's CSV exporter, for people opening the file in a spreadsheet: ``thumbs`` as JSON
+    (not a Python repr) and every text cell safe from formula injection. The JSON-lines
+    manifest keeps the values exactly as found."""
 
     def serialize_field(self, field, name, value):
         if isinstance(value, dict):
             value = json.dumps(value, sort_keys=True)
-        return super().serialize_field(field, name, value)
+        value = super().serialize_field(field, name, value)
+        return spreadsheet_safe(value) if isinstance(value, str) else value

