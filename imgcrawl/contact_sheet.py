@@ -80,9 +80,12 @@ def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
         .replace("{{count}}", f"{stored} images")
         .replace("{{failures}}", _failures_block(listed, failed))
     )
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A temp name of its own (as imaging.atomic_write's), created exclusively: two crawls
+    # into one store would otherwise write into the same temp file, and the sheet that got
+    # renamed into place would hold parts of both while the other rename failed.
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as out:
+        with tmp.open("x", encoding="utf-8") as out:
             out.write(head + "[")
             separator = ""
             for record in records:
