@@ -17,6 +17,8 @@ from pathlib import Path
 
 from scrapy.exporters import CsvItemExporter
 
+from imgcrawl.failures import store_failure
+
 logger = logging.getLogger(__name__)
 
 
@@ -76,7 +78,19 @@ class RepairManifest:
     @classmethod
     def from_crawler(cls, crawler):
         for feed in local_jsonl_feeds(crawler.settings):
-            if repair_jsonl(feed):
+            try:
+                cut = repair_jsonl(feed)
+            except OSError as exc:
+                # Built before the crawl starts: an exception here would end it with a
+                # CRITICAL traceback and no finish reason. A store we cannot write to (or a
+                # full one) is reported once, with the fix, by whatever writes to it first
+                # (the pipeline's open_spider, or the manifest itself): nothing more to say.
+                if store_failure(exc) is None:
+                    logger.warning("Could not check %s for a half-written last line: %s", feed, exc)
+                else:
+                    logger.debug("Manifest %s left as it is: %s", feed, exc)
+                continue
+            if cut:
                 logger.warning("Cut a half-written last line from %s (an earlier crawl was killed)", feed)
         return cls()
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 import random
+import shutil
+import subprocess
 from io import BytesIO, StringIO
+from pathlib import Path
+
+import pytest
 
 from conftest import LocalSite, run_crawl
 from imgcrawl.demo import make_image
@@ -79,3 +85,41 @@ def test_csv_exporter_quotes_tab_and_carriage_return_starts_too():
     exporter.finish_exporting()
     row = next(csv.DictReader(StringIO(out.getvalue().decode())))
     assert row == {"alt": "'\t=cmd", "title": "'\r@x", "width": "-1", "url": "https://a.example/-x.jpg"}
+
+
+def read_only(store: Path, how: str) -> tuple[str, ...]:
+    """A command prefix under which ``store`` cannot be written to, though tests run as root:
+    a read-only bind mount (EROFS), or modes without write bits in a user namespace, where
+    root keeps no power over files (EACCES)."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare (util-linux)")
+    if how == "bind-mount":
+        wrapper = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                   'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(store))
+    else:
+        store.chmod(0o555)
+        wrapper = ("unshare", "--user") if os.geteuid() == 0 else ()
+    if wrapper and subprocess.run([*wrapper, "true"]).returncode:
+        pytest.skip(f"cannot make a read-only store by {how} here")
+    return wrapper
+
+
+@pytest.mark.parametrize("how", ["bind-mount", "chmod"])
+def test_read_only_store_with_a_half_written_manifest_one_line(demo_site, tmp_path, how):
+    store = tmp_path / "store"
+    store.mkdir()
+    manifest = store / "manifest.jsonl"
+    manifest.write_bytes(b'{"url": "https://a.example/1.jpg"}\n{"url": "https://a.example/2.j')
+    manifest.chmod(0o444)
+    before = manifest.read_bytes()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", store=store,
+                           wrapper=read_only(store, how))
+    finally:
+        store.chmod(0o755)
+    errors = [line for line in result.log.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
+    assert len(errors) == 1, result.log[-3000:]
+    assert f"cannot write to IMAGES_STORE {store} (" in errors[0] and "-s IMAGES_STORE=" in errors[0]
+    assert "'finish_reason': 'store_not_writable'" in result.log and "Traceback" not in result.log
+    assert not any(p.startswith("/img/") for p in demo_site.hits)
+    assert manifest.read_bytes() == before  # left for a crawl that can write to cut it
