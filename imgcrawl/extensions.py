@@ -25,6 +25,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 from imgcrawl import contact_sheet
+from imgcrawl.failures import store_failure
 from imgcrawl.manifest import fill_feed_uri
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,14 @@ class ContactSheet:
         try:
             path = await maybe_deferred_to_future(deferToThread(self.write, title))
         except OSError as exc:  # e.g. the disk filled up: the images are stored, say so and go on
-            logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
+            failure = store_failure(exc)
+            if failure is not None and reason == failure.replace("-", "_"):
+                # The crawl stopped because of this very store failure, and that was said
+                # once, at ERROR, with the fix: a second ERROR would only repeat it.
+                logger.info("Contact sheet not written (%s: %s); %s is left as it was",
+                            failure, exc.strerror or exc, self.path, extra={"spider": spider})
+            else:
+                logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
         else:
             logger.info("Contact sheet: %s", path.as_uri(), extra={"spider": spider})
 
