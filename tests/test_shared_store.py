@@ -14,7 +14,7 @@ from imgcrawl.index import SQLiteIndex
 
 PER_CRAWL = 6
 # Long alt texts make each sheet a few MB, so the two crawls' sheet writes overlap in time.
-ALT = "x" * 2_000_000
+ALT = "x" * 5_000_000
 
 
 def two_galleries() -> LocalSite:
