@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LocalSite, run_crawl
+from test_errors import unprivileged
 from imgcrawl.demo import make_image
 from imgcrawl.manifest import ManifestCsvItemExporter, ManifestFile, cut_torn_tail
 from imgcrawl.settings import FEED_EXPORT_FIELDS
@@ -94,15 +95,6 @@ def test_csv_exporter_quotes_tab_and_carriage_return_starts_too():
     exporter.finish_exporting()
     row = next(csv.DictReader(StringIO(out.getvalue().decode())))
     assert row == {"alt": "'\t=cmd", "title": "'\r@x", "width": "-1", "url": "https://a.example/-x.jpg"}
-
-
-def unprivileged() -> tuple[str, ...]:
-    """Tests run as root: in a user namespace root keeps no power over files, so modes apply."""
-    if os.geteuid() != 0:
-        return ()
-    if not shutil.which("unshare") or subprocess.run(["unshare", "--user", "true"]).returncode:
-        pytest.skip("running as root and cannot drop privileges with unshare --user")
-    return ("unshare", "--user")
 
 
 def read_only(store: Path, how: str) -> tuple[str, ...]:
