@@ -4,6 +4,12 @@ Pure (standard library only). The records are embedded as JSON and a few lines o
 script show one page of thumbnails at a time, so 20,000 images never become 20,000
 ``<img>`` elements; thumbnails are lazy-loaded and every link is relative to the store,
 so the file opens from disk with no server and no network.
+
+The sheet opens from ``file://``, so anything it navigates to runs with the store's files
+within reach. Only stored originals in passive raster formats are links; an SVG (which
+may carry script) is shown only through ``<img>`` (where browsers run no script and load
+nothing) — in its tile and, when clicked, in the sheet's own viewer — never opened as a
+document. The failure list links only http(s) URLs.
 """
 
 from __future__ import annotations
@@ -43,13 +49,18 @@ def _script_json(value) -> str:
     return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
 
 
+def _link(url: str) -> str:
+    """A link for an http(s) URL; any other (``javascript:``, ``file:``) as plain text."""
+    text = html.escape(url)
+    return f'<a href="{text}">{text}</a>' if url.lower().startswith(("http://", "https://")) else text
+
+
 def _failures_block(listed: list[dict], failed: int) -> str:
     if not failed:
         return ""
     items = "".join(
-        f'<li><a href="{html.escape(r["u"] or "")}">{html.escape(r["u"] or "")}</a>'
-        f' <b>{html.escape(r["r"] or "failed")}</b>'
-        + (f' on <a href="{html.escape(r["g"])}">{html.escape(r["g"])}</a>' if r["g"] else "")
+        f'<li>{_link(r["u"] or "")} <b>{html.escape(r["r"] or "failed")}</b>'
+        + (f" on {_link(r['g'])}" if r["g"] else "")
         + "</li>"
         for r in listed
     )
@@ -80,9 +91,12 @@ def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
         .replace("{{count}}", f"{stored} images")
         .replace("{{failures}}", _failures_block(listed, failed))
     )
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A temp name of its own (as imaging.atomic_write's), created exclusively: two crawls
+    # into one store would otherwise write into the same temp file, and the sheet that got
+    # renamed into place would hold parts of both while the other rename failed.
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as out:
+        with tmp.open("x", encoding="utf-8") as out:
             out.write(head + "[")
             separator = ""
             for record in records:
@@ -113,6 +127,11 @@ h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:bre
 .grid img{max-width:100%;max-height:100%}
 .grid span{position:absolute;left:0;right:0;bottom:0;background:rgba(0,0,0,.7);color:#fff;font-size:12px;padding:2px 4px;display:none}
 .grid a:hover span,.grid a:focus span{display:block}
+.grid a:not([href]){cursor:zoom-in}
+#viewer{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;flex-direction:column;align-items:center;justify-content:center;z-index:2;cursor:zoom-out}
+#viewer[hidden]{display:none}
+#viewer img{max-width:95vw;max-height:88vh;background:#fff}
+#viewer p{color:#eee;margin:8px;word-break:break-all}
 #failures{margin:8px 16px}
 #failures li{word-break:break-all}
 </style></head>
@@ -121,6 +140,7 @@ h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:bre
 <nav><button id="prev">&larr; prev</button> <span id="where"></span> <button id="next">next &rarr;</button></nav></header>
 {{failures}}
 <main id="sheet"></main>
+<div id="viewer" hidden><img alt=""><p></p></div>
 <script id="data" type="application/json">{{data}}</script>
 <script>
 "use strict";
@@ -137,6 +157,19 @@ const images = Array.from(groups.values()).flat();
 const pageSize = {{page_size}};
 const pages = Math.max(1, Math.ceil(images.length / pageSize));
 const sheet = document.getElementById("sheet");
+// Originals a browser shows as a picture and nothing more. Anything else (SVG: it may carry
+// script, which would run with file:// access if the file were opened as a page) is never
+// linked; clicking its tile shows it in the viewer below, through <img>, where scripts do
+// not run.
+const passive = /\\.(jpe?g|png|gif|webp|bmp|ico|avif|tiff?|heic|jp2)$/i;
+const viewer = document.getElementById("viewer");
+function view(im) {
+  viewer.querySelector("img").src = im.p;
+  viewer.querySelector("img").alt = im.a || "";
+  viewer.querySelector("p").textContent = im.u;
+  viewer.hidden = false;
+}
+viewer.onclick = () => { viewer.hidden = true; viewer.querySelector("img").removeAttribute("src"); };
 function kb(n) { return n >= 1048576 ? (n / 1048576).toFixed(1) + " MB" : Math.ceil(n / 1024) + " KB"; }
 function current() {
   const m = /page=(\\d+)/.exec(location.hash);
@@ -156,7 +189,14 @@ function show() {
       sheet.append(h, grid);
     }
     const a = document.createElement("a");
-    a.href = im.p;
+    if (im.f !== "SVG" && passive.test(im.p || "")) {
+      a.href = im.p;
+    } else {
+      a.tabIndex = 0;
+      a.setAttribute("role", "button");
+      a.onclick = () => view(im);
+      a.onkeydown = (e) => { if (e.key === "Enter") view(im); };
+    }
     const info = (im.w ? im.w + "\\u00d7" + im.h + " " : "") + (im.f || "") + (im.b ? ", " + kb(im.b) : "");
     a.title = info + (im.a ? "\\n" + im.a : "") + "\\n" + im.u;
     const img = document.createElement("img");
@@ -178,6 +218,7 @@ function go(delta) { location.hash = "page=" + (current() + delta); }
 document.getElementById("prev").onclick = () => go(-1);
 document.getElementById("next").onclick = () => go(1);
 document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && !viewer.hidden) viewer.onclick();
   if (e.key === "ArrowLeft" && current() > 1) go(-1);
   if (e.key === "ArrowRight" && current() < pages) go(1);
 });

@@ -24,6 +24,7 @@ from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
 
 from imgcrawl import contact_sheet
+from imgcrawl.failures import store_failure
 from imgcrawl.manifest import fill_feed_uri
 from imgcrawl.workerpool import BatchingThread
 
@@ -205,13 +206,22 @@ class ContactSheet:
         try:
             path = await maybe_deferred_to_future(self.writer.close(lambda: self._finish(write, title)))
         except OSError as exc:  # e.g. the disk filled up: the images are stored, say so and go on
-            logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
+            self._not_written(exc, reason, spider)
             return
         if self.write_error is not None:
-            logger.error("Could not write the contact sheet %s: %s", self.path, self.write_error,
-                         extra={"spider": spider})
+            self._not_written(self.write_error, reason, spider)
         elif path is not None:
             logger.info("Contact sheet: %s", path.as_uri(), extra={"spider": spider})
+
+    def _not_written(self, exc: BaseException, reason: str, spider) -> None:
+        failure = store_failure(exc)
+        if failure is not None and reason == failure.replace("-", "_"):
+            # The crawl stopped because of this very store failure, and that was said
+            # once, at ERROR, with the fix: a second ERROR would only repeat it.
+            logger.info("Contact sheet not written (%s: %s); %s is left as it was",
+                        failure, getattr(exc, "strerror", None) or exc, self.path, extra={"spider": spider})
+        else:
+            logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
 
     def _finish(self, write, title: str) -> Path | None:
         if self.buffer is None:

@@ -116,8 +116,12 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for a JPEG thumbnail: transparency composited on white, wide modes scaled down."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode.startswith("I;16") or image.mode == "I":
         # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        # Pillow runs point() on "I;16" (native little-endian) only; the big-endian TIFF's
+        # "I;16B" (and "I;16L"/"I;16N") go through "I" first, a lossless widening.
+        if image.mode != "I;16":
+            image = image.convert("I")
         image = image.point(lambda v: v / 256).convert("L")
     if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "LA", "La", "RGBa"):
         image = image.convert("RGBA")

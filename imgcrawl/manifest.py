@@ -4,17 +4,26 @@
   ``%(images_store)s/manifest.jsonl``, so the manifest sits with the images.
 * :class:`RepairManifest` (an extension) cuts a half-written last line left by a killed
   crawl before the feed exporter appends to the file.
-* :class:`ManifestCsvItemExporter` (``FEED_EXPORTERS["csv"]``) writes ``thumbs`` as JSON.
+* :class:`ManifestCsvItemExporter` (``FEED_EXPORTERS["csv"]``) writes ``thumbs`` as JSON and
+  quotes cells a spreadsheet would run as a formula.
+* :class:`ManifestFileStorage` (``FEED_STORAGES`` for local paths) writes each line to disk
+  whole or not at all, and turns a full disk or a read-only file into one line and the
+  crawl's close reason instead of a traceback per item.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from pathlib import Path
 
 from scrapy.exporters import CsvItemExporter
+from scrapy.extensions.feedexport import FileFeedStorage
+from scrapy.utils.defer import deferred_from_coro
+
+from imgcrawl.failures import store_failure
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +84,175 @@ class RepairManifest:
     @classmethod
     def from_crawler(cls, crawler):
         for feed in local_jsonl_feeds(crawler.settings):
-            if repair_jsonl(feed):
+            try:
+                cut = repair_jsonl(feed)
+            except OSError as exc:
+                # Built before the crawl starts: an exception here would end it with a
+                # CRITICAL traceback and no finish reason. A store we cannot write to (or a
+                # full one) is reported once, with the fix, by whatever writes to it first
+                # (the pipeline's open_spider, or the manifest itself): nothing more to say.
+                if store_failure(exc) is None:
+                    logger.warning("Could not check %s for a half-written last line: %s", feed, exc)
+                else:
+                    logger.debug("Manifest %s left as it is: %s", feed, exc)
+                continue
+            if cut:
                 logger.warning("Cut a half-written last line from %s (an earlier crawl was killed)", feed)
         return cls()
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR,
+# may strip them and then read one): alt texts, titles and URLs come from the crawled site.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """OWASP's CSV-injection defence: a cell that would start a formula gets a leading
+    single quote, which spreadsheets read as "this is text" and do not show."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 class ManifestCsvItemExporter(CsvItemExporter):
-    """Scrapy's CSV exporter writes a dict as its Python repr; JSON can be read back."""
+    """Scrapy's CSV exporter, for people opening the file in a spreadsheet: ``thumbs`` as JSON
+    (not a Python repr) and every text cell safe from formula injection. The JSON-lines
+    manifest keeps the values exactly as found."""
 
     def serialize_field(self, field, name, value):
         if isinstance(value, dict):
             value = json.dumps(value, sort_keys=True)
-        return super().serialize_field(field, name, value)
+        value = super().serialize_field(field, name, value)
+        return spreadsheet_safe(value) if isinstance(value, str) else value
+
+
+# -- the manifest file --------------------------------------------------------------------
+
+# After "cannot write the manifest <path> (<OS error>): ". Images stored meanwhile are in
+# the index either way, and the next crawl writes their lines (status "uptodate").
+MANIFEST_FAILURES = {
+    "disk-full": "its disk is full: free some space there or point FEEDS at a bigger disk",
+    "store-not-writable": "give this user write permission there (chown/chmod) or point FEEDS elsewhere",
+    "manifest-failed": "point FEEDS elsewhere",
+}
+LOST_STAT = "imgcrawl/manifest/lines_lost"
+
+
+def cut_torn_tail(fd: int, torn: bytes) -> None:
+    """Take back the start of a line a full disk cut short, if it is still the file's end
+    (another crawl appending to the same manifest may have written since: then leave it to
+    :func:`repair_jsonl`'s next run rather than cut that crawl's line)."""
+    try:
+        size = os.fstat(fd).st_size
+        if size >= len(torn) and os.pread(fd, len(torn), size - len(torn)) == torn:
+            os.ftruncate(fd, size - len(torn))
+    except OSError:
+        pass
+
+
+class ManifestFile(io.RawIOBase):
+    """The open manifest, as Scrapy's exporters write it: one ``write()`` per line (CSV: per
+    row). Each goes to disk at once, whole or not at all.
+
+    At once, unbuffered: a line is on disk as soon as its image is stored, so a full disk
+    or a killed crawl costs only the lines of images still in flight (Python's write buffer
+    held the lines of the last several images, and once the disk was full none of them
+    could be written at all). Whole: a line cut short by a full disk is taken back, so no
+    later line can follow half a line. ``on_error(exc, lines_lost)`` hears of each failure;
+    the exporter never sees an exception, which Scrapy would log as an ERROR with a
+    traceback for every item.
+    """
+
+    def __init__(self, fd: int | None, on_error):
+        super().__init__()
+        self.fd = fd  # None: the file could not be opened; every line is lost
+        self.on_error = on_error
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        size = len(data)
+        if self.fd is None:
+            self.on_error(None, 1)
+            return size
+        with memoryview(data) as view:
+            written = 0
+            try:
+                while written < size:
+                    written += os.write(self.fd, view[written:])
+            except OSError as exc:
+                if written:
+                    cut_torn_tail(self.fd, bytes(view[:written]))
+                self.on_error(exc, 1)
+        return size  # written or counted as lost: the exporter has nothing to retry
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                os.close(fd)
+            except OSError as exc:  # NFS and the like report a failed write at close
+                self.on_error(exc, 0)
+        super().close()
+
+
+class ManifestFileStorage(FileFeedStorage):
+    """Scrapy's local-file feed storage (``FEED_STORAGES`` ``""`` and ``"file"``), writing
+    through :class:`ManifestFile`.
+
+    The first line that cannot be written (disk full, read-only, no permission) is said once
+    and closes the crawl, as the pipeline does when it cannot store an image: ``disk_full``,
+    ``store_not_writable`` (else ``manifest_failed``). When the manifest is in
+    ``IMAGES_STORE`` and the pipeline has already said the store is full or read-only, that
+    one line is not said again. The images already stored stay in the index, so the next
+    crawl writes their lines (status ``uptodate``).
+    """
+
+    def __init__(self, uri: str, *, feed_options: dict | None = None, crawler=None):
+        super().__init__(uri, feed_options=feed_options)
+        self.crawler = crawler
+        self.failure: str | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler, uri: str, *, feed_options: dict | None = None):
+        return cls(uri, feed_options=feed_options, crawler=crawler)
+
+    def open(self, spider) -> ManifestFile:
+        overwrite = self.write_mode == "wb"
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | (os.O_TRUNC if overwrite else os.O_APPEND)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, flags, 0o666)
+        except OSError as exc:
+            self.failed(exc, 0)
+            fd = None
+        return ManifestFile(fd, self.failed)
+
+    def store(self, file) -> None:
+        file.close()
+
+    def failed(self, exc: OSError | None, lines_lost: int) -> None:
+        """Lines not written are counted; the first failure is said and closes the crawl."""
+        if lines_lost and self.crawler is not None:
+            self.crawler.stats.inc_value(LOST_STAT, lines_lost)
+        if self.failure is not None or exc is None:
+            return
+        self.failure = reason = store_failure(exc) or "manifest-failed"
+        self._report(reason, exc)
+        if self.crawler is not None and self.crawler.engine is not None:
+            deferred_from_coro(self._close(reason.replace("-", "_")))
+
+    def _report(self, reason: str, exc: OSError) -> None:
+        store = self.crawler.settings.get("IMAGES_STORE") if self.crawler else None
+        if store and self.crawler.stats.get_value(f"imgcrawl/failed/{reason}"):
+            # The pipeline has said that IMAGES_STORE is full / not writable; the manifest
+            # in it failing for the same reason is part of what that line said.
+            if Path(self.path).resolve().is_relative_to(Path(store).resolve()):
+                return
+        detail = getattr(exc, "strerror", None) or str(exc)
+        logger.error("imgcrawl: cannot write the manifest %s (%s): %s", self.path, detail, MANIFEST_FAILURES[reason])
+
+    async def _close(self, reason: str) -> None:
+        try:
+            await self.crawler.engine.close_spider_async(reason=reason)
+        except RuntimeError:  # the crawl has already closed: nothing left to stop
+            pass

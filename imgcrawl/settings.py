@@ -107,6 +107,9 @@ FEEDS = {
     "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False},
 }
 FEED_URI_PARAMS = "imgcrawl.manifest.manifest_uri_params"
+# Local manifests are written a whole line at a time as each image is stored; a full disk
+# or a read-only file is one line and the crawl's close reason, not a traceback per item.
+FEED_STORAGES = {"": "imgcrawl.manifest.ManifestFileStorage", "file": "imgcrawl.manifest.ManifestFileStorage"}
 # No images, no manifest: an empty file says nothing, and a store we cannot write to would
 # add the feed exporter's traceback to the pipeline's one-line explanation.
 FEED_STORE_EMPTY = False

@@ -169,3 +169,77 @@ def test_contact_sheet_with_20000_images_stays_light(tmp_path, browser):
     assert page.is_disabled("#next") and not page.is_disabled("#prev")
     assert page.inner_text("#failures summary") == "1 failed"
     page.close()
+
+
+def test_svg_tile_shows_the_svg_but_never_runs_its_script(tmp_path, browser):
+    """A crawled SVG with a script: the sheet shows it (through <img>) and clicking its tile
+    opens the sheet's viewer, never the SVG as a page, so the script never runs."""
+    rng = random.Random(2)
+    site = LocalSite({}).start()
+    marker = site.url("/pwned")
+    # Runs only when the SVG is opened as a document: renames the page and calls home.
+    evil = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="120" height="80">'
+        '<rect width="120" height="80" fill="#c33"/>'
+        f'<script>document.title = "PWNED"; fetch("{marker}"); new Image().src = "{marker}?img";</script>'
+        "</svg>"
+    ).encode()
+    site.files.update({
+        "/g/": ("text/html", b'<html><body><img src="/img/photo.jpg" alt="photo">'
+                             b'<img src="/img/evil.svg" alt="evil"></body></html>'),
+        "/img/photo.jpg": ("image/jpeg", make_image(rng, "jpg", "photo")),
+        "/img/evil.svg": ("image/svg+xml", evil),
+    })
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/g/')}")
+        assert result.returncode == 0, result.log[-3000:]
+        svg = next(line for line in result.manifest() if line["url"].endswith(".svg"))
+        assert svg["format"] == "SVG" and (result.store / svg["path"]).read_bytes() == evil
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        try:
+            # The marker works: the stored SVG opened as a page runs its script.
+            probe = context.new_page()
+            probe.goto((result.store / svg["path"]).as_uri())
+            probe.wait_for_function("document.title === 'PWNED'", timeout=5_000)
+            deadline = time.monotonic() + 5
+            while not site.hits["/pwned"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert site.hits["/pwned"], "the SVG's script did not call home when opened as a page"
+            probe.close()
+            site.hits.clear()
+
+            page = context.new_page()
+            page.goto((result.store / "index.html").as_uri())
+            tile = page.locator("main .grid a", has=page.locator("img[alt=evil]"))
+            img = tile.locator("img")
+            assert img.get_attribute("src") == svg["path"]  # shown, through <img>
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle(),
+                                   timeout=10_000)
+            tile.click()
+            page.wait_for_timeout(500)  # time for a script, had one run, to rename and call home
+            assert page.title() != "PWNED" and page.url == (result.store / "index.html").as_uri()
+            assert [p.url for p in context.pages] == [page.url]  # nothing opened elsewhere
+            assert not site.hits["/pwned"] and not site.hits["/pwned?img"]
+            # It opened in the sheet's viewer, through <img>; the tile is not a link to the SVG.
+            shown = page.locator("#viewer img")
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown.element_handle(),
+                                   timeout=10_000)
+            assert page.locator("#viewer").is_visible() and shown.get_attribute("src") == svg["path"]
+            assert tile.get_attribute("href") is None
+            page.keyboard.press("Escape")
+            assert not page.locator("#viewer").is_visible()
+            # The raster original is still a plain link to the stored file.
+            photo = next(line for line in result.manifest() if line["url"].endswith(".jpg"))
+            assert page.locator("main .grid a", has=page.locator("img[alt=photo]")).get_attribute("href") == photo["path"]
+        finally:
+            context.close()
+    finally:
+        site.stop()
+
+
+def test_failure_list_links_only_http_urls(tmp_path):
+    records = [contact_sheet.record_for({"url": url, "page_url": page, "status": "failed", "reason": "x"})
+               for url, page in (("javascript:alert(1)", "file:///etc/passwd"), ("https://a.example/1.jpg", ""))]
+    sheet = contact_sheet.write(records, tmp_path / "index.html", "t").read_text()
+    assert 'href="javascript:' not in sheet and 'href="file:' not in sheet and "javascript:alert(1)" in sheet
+    assert '<a href="https://a.example/1.jpg">' in sheet

@@ -109,6 +109,25 @@ def test_animated_gif_first_frame_and_frame_count(tmp_path):
     assert g > 150 and r < 60 and b < 60  # green: the first frame
 
 
+@pytest.mark.parametrize(("mode", "magic"), [("I;16", b"II*\x00"), ("I;16B", b"MM\x00*")])
+def test_16_bit_grey_tiff_either_byte_order_scaled_to_8_bits(tmp_path, mode, magic):
+    """Little- and big-endian 16-bit greyscale TIFFs: stored as served, and the thumbnail
+    is the 16-bit ramp scaled to 8 bits (not clipped to white, not black)."""
+    ramp = Image.new(mode, (512, 64))
+    ramp.putdata([x * 65535 // 511 for _ in range(64) for x in range(512)])
+    data = encode(ramp, "TIFF")
+    assert data[:4] == magic and Image.open(BytesIO(data)).mode == mode
+    facts, thumbs = run(tmp_path, data)
+    assert (tmp_path / "original").read_bytes() == data
+    assert (facts["format"], facts["width"], facts["height"]) == ("TIFF", 512, 64)
+    thumb = thumbs["small"].convert("L")
+    assert thumb.size == (256, 32)
+    row = [thumb.getpixel((x, 16)) for x in (0, 64, 128, 192, 255)]
+    # v / 256 at x = 0, 1/4, 1/2, 3/4, 1 of the ramp: 0, 64, 128, 191, 255 (JPEG blurs a little).
+    for got, want in zip(row, (0, 64, 128, 191, 255)):
+        assert abs(got - want) <= 6, row
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [

