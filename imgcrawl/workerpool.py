@@ -19,7 +19,7 @@ import sys
 from collections import deque
 
 from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -294,6 +294,6 @@ class BatchingThread:
         stop the thread. Fires with ``fn``'s result (or failure) once the thread is gone."""
         if self.calls:
             self._flush()
-        ran = self.thread.run(fn) if fn is not None else None
-        stopped = self.thread.stop()
-        return stopped if ran is None else stopped.addCallback(lambda _: ran)
+        ran = self.thread.run(fn) if fn is not None else succeed(None)
+        # Stopped once fn has run; fn's failure is carried through, not left unhandled.
+        return ran.addBoth(lambda result: self.thread.stop().addCallback(lambda _: result))
