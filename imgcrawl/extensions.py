@@ -25,7 +25,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 
 from imgcrawl import contact_sheet
 from imgcrawl.failures import store_failure
-from imgcrawl.manifest import fill_feed_uri
+from imgcrawl.manifest import LOST_STAT, fill_feed_uri
 from imgcrawl.workerpool import BatchingThread
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,9 @@ class Progress:
         lines.append(f"  originals: {store / 'full'}  thumbnails: {store / 'thumbs'}")
         feeds = [fill_feed_uri(uri, store, spider.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:
-            lines.append(f"  manifest: {', '.join(feeds)}")
+            lost = self.stats.get_value(LOST_STAT, 0)
+            lines.append(f"  manifest: {', '.join(feeds)}" + (
+                f" ({lost} lines not written: the next crawl writes them)" if lost else ""))
         return "\n".join(lines)
 
 

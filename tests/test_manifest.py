@@ -173,6 +173,8 @@ def test_disk_full_with_the_manifest_in_the_store_one_line_and_whole_lines(demo_
     # An image stored while its line could not be written is counted, never silently missing.
     lost = re.search(r"'imgcrawl/manifest/lines_lost': (\d+)", first)
     assert len(indexed - downloaded) <= (int(lost.group(1)) if lost else 0), (indexed - downloaded, lost)
+    if lost:  # and the summary says so, with what to do
+        assert f"({lost.group(1)} lines not written: the next crawl writes them)" in first
 
     assert " ERROR: " not in second and "'finish_reason': 'finished'" in second, second[-3000:]
     lines = [json.loads(line) for line in (retried / "manifest.jsonl").read_text().splitlines()]
