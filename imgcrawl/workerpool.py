@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import sys
 from collections import deque
 
@@ -26,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from imgcrawl import imaging
-from imgcrawl.worker import JOBS, READY
+from imgcrawl.worker import JOBS, READY, STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +104,17 @@ class ProcessWorkers:
         worker = _Worker(self)
         # The child finds imgcrawl where we did, also inside scrapyd's project egg.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.reactor.spawnProcess(
-            worker, sys.executable, [sys.executable, "-m", "imgcrawl.worker"],
-            env=env, childFDs={0: "w", 1: "r", 2: 2},
-        )
+        # The child inherits this thread's signal mask (Twisted resets only ignored signals
+        # to their default): with the stop signals blocked, one sent to the process group
+        # while the worker is still starting waits until the worker ignores it.
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.reactor.spawnProcess(
+                worker, sys.executable, [sys.executable, "-m", "imgcrawl.worker"],
+                env=env, childFDs={0: "w", 1: "r", 2: 2},
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         self.workers.append(worker)
 
     def submit(self, name: str, *args) -> Deferred:

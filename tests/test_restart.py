@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import struct
+import zlib
 import sqlite3
 import subprocess
 import time
@@ -17,7 +20,13 @@ from PIL import Image
 from conftest import CRAWL_TIMEOUT, CrawlResult, LocalSite, crawl_command, run_crawl
 
 PAGES, PER_PAGE = 3, 8
-SLOW = {"CONCURRENT_REQUESTS": 2, "IMGCRAWL_WORKER_POOL": "thread"}
+# Worker threads, or the default: worker processes (two, so the machine's cores do not
+# change what a test sees).
+POOLS = {
+    "thread": {"IMGCRAWL_WORKER_POOL": "thread"},
+    "process": {"IMGCRAWL_WORKER_POOL": "process", "IMGCRAWL_WORKERS": 2},
+}
+SLOW = {"CONCURRENT_REQUESTS": 2, **POOLS["thread"]}
 
 
 def jpeg(seed: int) -> bytes:
@@ -77,21 +86,25 @@ def indexed_urls(store: Path) -> set[str]:
 
 def crawl_until(tmp_path: Path, store: Path, site: LocalSite, stored: int, settings: dict,
                 stop: signal.Signals) -> tuple[set[str], str]:
-    """Start a crawl, send ``stop`` once ``stored`` images are indexed; the indexed URLs then."""
+    """Start a crawl in a process group of its own, send ``stop`` to the whole group (as
+    Ctrl-C, systemd and ``kill -- -PGID`` do: the image workers get it too) once ``stored``
+    images are indexed; the indexed URLs then."""
     cmd, env = crawl_command(store, "-a", f"url={site.url('/gallery/?page=1')}", settings=settings)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while len(indexed_urls(store)) < stored and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         before = indexed_urls(store)
-        proc.send_signal(stop)
+        os.killpg(proc.pid, stop)
         log, _ = proc.communicate(timeout=CRAWL_TIMEOUT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+        proc.wait()
     assert stored <= len(before) < len(site.images), "the crawl was not stopped mid-way"
     return before, log
 
@@ -137,6 +150,52 @@ def test_kill_9_then_resume_loses_nothing_and_refetches_nothing_stored(slow_site
         # Stored before the kill: never fetched again. Others: at most once more (in flight).
         limit = 1 if slow_site.url(path) in stored_before_kill else 2
         assert 1 <= slow_site.hits[path] <= limit, (path, slow_site.hits[path])
+
+
+def big_png_gallery(pages: int, per_page: int, delay: float) -> LocalSite:
+    """Listing pages of big flat PNGs: small to send, slow to decode, so the image workers
+    always hold jobs; each answer takes ``delay`` seconds, so images are in flight too."""
+    buf = BytesIO()
+    Image.new("RGB", (2400, 1800), (30, 90, 200)).save(buf, "PNG")
+    base = buf.getvalue()
+
+    def unique(n: int) -> bytes:  # the same pixels, other bytes: a text chunk before IEND
+        data = b"Comment\x00image %d" % n
+        chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+        return base[:-12] + chunk + base[-12:]
+
+    files, images = {}, {}
+    for page in range(1, pages + 1):
+        imgs = "".join(f'<img src="/img/p{page}-{i}.png" alt="p{page}-{i}">' for i in range(per_page))
+        more = f'<a rel="next" href="/gallery/?page={page + 1}">next</a>' if page < pages else ""
+        files[f"/gallery/?page={page}"] = ("text/html", f"<html><body>{imgs}{more}</body></html>".encode())
+        images.update({f"/img/p{page}-{i}.png": unique(page * per_page + i) for i in range(per_page)})
+    site = LocalSite({**files, **{path: ("image/png", body) for path, body in images.items()}},
+                     delays=dict.fromkeys(images, delay))
+    site.images = images
+    return site.start()
+
+
+def test_sigterm_to_the_process_group_then_resume_loses_no_image(tmp_path):
+    """systemd's stop and ``kill -- -PGID`` reach the image workers too: they must finish
+    the jobs they hold (the crawl stops gracefully), and the resumed crawl stores the rest."""
+    site = big_png_gallery(pages=10, per_page=20, delay=0.05)
+    try:
+        store = tmp_path / "store"
+        settings = {**POOLS["process"], "JOBDIR": tmp_path / "job"}
+        _, log = crawl_until(tmp_path, store, site, 40, settings, signal.SIGTERM)
+        assert "Received SIGTERM, shutting down gracefully" in log, log[-3000:]
+        assert "'finish_reason': 'shutdown'" in log, log[-3000:]
+        assert "image worker exited" not in log, log[-3000:]  # no worker died under its jobs
+        resumed = run_crawl(tmp_path, "-a", f"url={site.url('/gallery/?page=1')}", store=store,
+                            settings=settings)
+    finally:
+        site.stop()
+    assert resumed.returncode == 0, resumed.log[-3000:]
+    assert "'finish_reason': 'finished'" in resumed.log
+    # Byte-exact, once each, and no line of either run says failed (worker-crashed).
+    assert_all_stored_once(resumed, site)
+    assert all(site.hits[path] == 1 for path in site.images), site.hits
 
 
 def test_recrawl_fetches_nothing_and_reads_no_stored_file(site, tmp_path):

@@ -271,3 +271,37 @@ def test_workers_that_die_before_ready_mark_the_pool_broken_without_respawning()
     assert r["details"][1][1].endswith("before it started (see its error above)")  # failed at once
     assert r["workers_later"] == 0
     assert stderr.count("before it started") == 1  # said once, at ERROR
+
+
+SIGNALS = r'''
+import io, json, os, signal, sys, time
+from PIL import Image
+from twisted.internet import task, defer
+from imgcrawl.workerpool import ProcessWorkers
+
+async def run(reactor, out):
+    buf = io.BytesIO(); Image.new("RGB", (100, 80)).save(buf, "JPEG")
+    pool = ProcessWorkers(1)
+    worker = pool.workers[0]
+    pid = worker.transport.pid
+    # At once, while the worker is still starting Python: the stop signals Ctrl-C, systemd
+    # and kill -- -PGID send to the whole process group.
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    first = await pool.submit("process_image", buf.getvalue(), f"{out}/a.jpg", {}, 10**8)
+    os.kill(pid, signal.SIGTERM)  # and once it runs
+    os.kill(pid, signal.SIGINT)
+    second = await pool.submit("process_image", buf.getvalue(), f"{out}/b.jpg", {}, 10**8)
+    same = [w.transport.pid for w in pool.workers] == [pid]
+    await pool.close()  # stdin closed: the worker exits by itself, well before the kill timeout
+    print(json.dumps({"widths": [first["width"], second["width"]], "same_worker": same,
+                      "exit": worker.transport.status}))
+
+task.react(lambda reactor: defer.ensureDeferred(run(reactor, sys.argv[1])))
+'''
+
+
+def test_workers_outlive_sigterm_and_sigint_even_while_starting(tmp_path):
+    r, stderr = run_script(SIGNALS, str(tmp_path))
+    assert r == {"widths": [100, 100], "same_worker": True, "exit": 0}, (r, stderr)
+    assert "exited" not in stderr and "before it started" not in stderr, stderr
