@@ -122,11 +122,13 @@ def assert_all_stored_once(result: CrawlResult, site: LocalSite) -> None:
     assert sorted(p.read_bytes() for p in full) == sorted(site.images.values())
 
 
-def test_sigint_pause_then_resume_fetches_each_image_once(slow_site, tmp_path):
+@pytest.mark.parametrize("pool", POOLS)
+def test_sigint_pause_then_resume_fetches_each_image_once(slow_site, tmp_path, pool):
     store = tmp_path / "store"
-    settings = {**SLOW, "JOBDIR": tmp_path / "job"}
+    settings = {**SLOW, **POOLS[pool], "JOBDIR": tmp_path / "job"}
     _, log = crawl_until(tmp_path, store, slow_site, 4, settings, signal.SIGINT)
     assert "'finish_reason': 'shutdown'" in log
+    assert "image worker exited" not in log  # Ctrl-C reached the workers too: none died
     resumed = run_crawl(tmp_path, "-a", f"url={slow_site.url('/gallery/?page=1')}", store=store,
                         settings=settings)
     assert resumed.returncode == 0, resumed.log[-3000:]
@@ -137,9 +139,10 @@ def test_sigint_pause_then_resume_fetches_each_image_once(slow_site, tmp_path):
     assert all(slow_site.hits[p] == 1 for p in slow_site.files if p.startswith("/gallery/"))
 
 
-def test_kill_9_then_resume_loses_nothing_and_refetches_nothing_stored(slow_site, tmp_path):
+@pytest.mark.parametrize("pool", POOLS)
+def test_kill_9_then_resume_loses_nothing_and_refetches_nothing_stored(slow_site, tmp_path, pool):
     store = tmp_path / "store"
-    settings = {**SLOW, "JOBDIR": tmp_path / "job"}
+    settings = {**SLOW, **POOLS[pool], "JOBDIR": tmp_path / "job"}
     stored_before_kill, _ = crawl_until(tmp_path, store, slow_site, 6, settings, signal.SIGKILL)
     resumed = run_crawl(tmp_path, "-a", f"url={slow_site.url('/gallery/?page=1')}", store=store,
                         settings=settings)
