@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import signal
-import struct
-import zlib
 import sqlite3
+import struct
 import subprocess
 import time
+import zlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -35,14 +36,21 @@ def jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def listing(pages: int, per_page: int, image: Callable[[int], bytes], ext: str) -> tuple[dict, dict]:
+    """``pages`` listing pages, each linking the next, of ``per_page`` images made by
+    ``image(n)``: the pages' files and {image path: bytes}."""
+    files, images = {}, {}
+    for page in range(1, pages + 1):
+        imgs = "".join(f'<img src="/img/p{page}-{i}.{ext}" alt="p{page}-{i}">' for i in range(per_page))
+        more = f'<a rel="next" href="/gallery/?page={page + 1}">next</a>' if page < pages else ""
+        files[f"/gallery/?page={page}"] = ("text/html", f"<html><body>{imgs}{more}</body></html>".encode())
+        images.update({f"/img/p{page}-{i}.{ext}": image(page * per_page + i) for i in range(per_page)})
+    return files, images
+
+
 def gallery(delay: float = 0.0) -> LocalSite:
     """PAGES listing pages of PER_PAGE images; each image answer takes ``delay`` seconds."""
-    files, images = {}, {}
-    for page in range(1, PAGES + 1):
-        imgs = "".join(f'<img src="/img/p{page}-{i}.jpg" alt="p{page}-{i}">' for i in range(PER_PAGE))
-        more = f'<a rel="next" href="/gallery/?page={page + 1}">next</a>' if page < PAGES else ""
-        files[f"/gallery/?page={page}"] = ("text/html", f"<html><body>{imgs}{more}</body></html>".encode())
-        images.update({f"/img/p{page}-{i}.jpg": jpeg(page * PER_PAGE + i) for i in range(PER_PAGE)})
+    files, images = listing(PAGES, PER_PAGE, jpeg, "jpg")
     site = LocalSite(files)
 
     def slow(h):
@@ -171,12 +179,7 @@ def big_png_gallery(pages: int, per_page: int, delay: float) -> LocalSite:
         chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
         return base[:-12] + chunk + base[-12:]
 
-    files, images = {}, {}
-    for page in range(1, pages + 1):
-        imgs = "".join(f'<img src="/img/p{page}-{i}.png" alt="p{page}-{i}">' for i in range(per_page))
-        more = f'<a rel="next" href="/gallery/?page={page + 1}">next</a>' if page < pages else ""
-        files[f"/gallery/?page={page}"] = ("text/html", f"<html><body>{imgs}{more}</body></html>".encode())
-        images.update({f"/img/p{page}-{i}.png": unique(page * per_page + i) for i in range(per_page)})
+    files, images = listing(pages, per_page, unique, "png")
     site = LocalSite({**files, **{path: ("image/png", body) for path, body in images.items()}},
                      delays=dict.fromkeys(images, delay))
     site.images = images
