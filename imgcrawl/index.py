@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 SCHEMA = """
@@ -127,12 +129,14 @@ class StoredImages:
     def _present(self, paths) -> bool:
         return all((self.root / p).exists() for p in paths)
 
-    def lookup(self, url: str) -> tuple[str, dict] | None:
+    def lookup(self, url: str, unrecorded: Iterable[str] = ()) -> tuple[str, dict] | None:
         """``("uptodate", record)`` for a fresh, complete image; ``("rethumb", record)`` when
-        only its thumbnails are for other sizes; None when it must be downloaded."""
+        only its thumbnails are for other sizes; ``("adopt", {"path", "stored_at"})`` when the
+        URL has no record but a fresh file is at one of the ``unrecorded`` paths (where its
+        download would have been written); None when it must be downloaded."""
         found = self.index.get(url)
         if not found:
-            return None
+            return self._unrecorded(unrecorded)
         record, stored_at = found
         if time.time() - stored_at > self.max_age or not self._present([record["path"]]):
             return None
@@ -142,7 +146,23 @@ class StoredImages:
             return None
         return "uptodate", record
 
-    def keep(self, record: dict) -> dict:
+    def _unrecorded(self, paths: Iterable[str]) -> tuple[str, dict] | None:
+        """A crawl killed between a worker's write and the index commit that records it
+        leaves the file without its record. Files are written by atomic rename, so one under
+        its final name is whole: it is recorded again from its bytes, not fetched again."""
+        for path in paths:
+            try:
+                st = (self.root / path).stat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if time.time() - st.st_mtime > self.max_age:  # IMAGES_EXPIRES, from when it was written
+                return None
+            return "adopt", {"path": path, "stored_at": st.st_mtime}
+        return None
+
+    def keep(self, record: dict, stored_at: float | None = None) -> dict:
         """Record an image once: bytes already stored under another URL are kept once, this
         URL's record points at that copy and the files just written for it are removed."""
         holder = self.index.holder(record["sha256"])
@@ -152,5 +172,5 @@ class StoredImages:
                 for p in {record["path"], *record["thumbs"].values()} - set(kept):
                     (self.root / p).unlink(missing_ok=True)
                 record = {**record, "path": holder["path"], "thumbs": holder["thumbs"]}
-        self.index.put(record["url"], record)
+        self.index.put(record["url"], record, stored_at)
         return record

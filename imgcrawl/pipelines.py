@@ -84,6 +84,10 @@ def worker_pool(name: str) -> type[ProcessWorkers | ThreadWorkers]:
     return pools[name]
 
 
+# Every extension file_path can give an original (imaging.file_extension): by format, or
+# "img" for an image whose format the first bytes do not name.
+STORED_EXTENSIONS = (*dict.fromkeys(imaging.FORMAT_EXTENSIONS.values()), "img")
+
 # The per-image fields copied onto the item, so the manifest has one flat line per image.
 RESULT_FIELDS = ("url", "status", "reason", "path", "sha256", "format", "width", "height", "bytes", "thumbs")
 
@@ -153,6 +157,18 @@ class GalleryImagesPipeline(ImagesPipeline):
     def _thumb_paths(self, request, response=None, info=None, item=None) -> dict[str, str]:
         return {name: self.thumb_path(request, name, response=response, info=info, item=item) for name in self.thumbs}
 
+    def _unrecorded_paths(self, request, info, item) -> list[str]:
+        """Where an earlier download of this URL may be stored without its index record (a
+        crawl killed between the file's rename and the index commit). ``file_path`` takes the
+        extension from the bytes, unknown until they are downloaded: so the path it gives
+        without them, under each extension it could have chosen (a few ``stat`` calls, only
+        for URLs the index does not know)."""
+        path = self.file_path(request, info=info, item=item)
+        stem, dot, ext = path.rpartition(".")
+        if not dot or ext not in STORED_EXTENSIONS:
+            return [path]
+        return [path, *(f"{stem}.{other}" for other in STORED_EXTENSIONS if other != ext)]
+
     # -- Scrapy's hooks ---------------------------------------------------------------
 
     def get_media_requests(self, item, info):
@@ -173,15 +189,17 @@ class GalleryImagesPipeline(ImagesPipeline):
         """Already stored, fresh and complete? Then no download: one lookup, a few stats."""
         try:
             self.quotas.check()
-            found = await self.storage.lookup(request.url, self._thumb_paths(request, item=item))
+            found = await self.storage.lookup(
+                request.url, self._thumb_paths(request, item=item), self._unrecorded_paths(request, info, item)
+            )
         except Failed:
             # Scrapy sends only download failures to media_failed; this one is ours to report.
             self.media_failed(Failure(), request, info)
         if found is None:
             return None
-        record, rethumbed = found
-        if rethumbed:
-            self.crawler.stats.inc_value("imgcrawl/rethumbed")
+        record, how = found
+        if how != "uptodate":
+            self.crawler.stats.inc_value(f"imgcrawl/{how}")  # rethumbed, adopted
         self.inc_stats("uptodate")
         return {**record, "status": "uptodate"}
 

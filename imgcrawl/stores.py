@@ -91,28 +91,52 @@ class ImageStorage:
         thumbs = {n: (self.thumbs[n], store_path(self.root, p)) for n, p in thumb_paths.items()}
         return maybe_deferred_to_future(self.workers.submit(job, *data, original, thumbs, self.max_pixels))
 
-    async def lookup(self, url: str, thumb_paths: dict[str, str]) -> tuple[dict, bool] | None:
-        """``(record, rethumbed)`` for a fresh, complete stored image, None when it must be
-        downloaded. Thumbnails made for other sizes are made again from the stored original."""
-        found = await self._on_index_thread(self.stored.lookup, url)
+    async def lookup(self, url: str, thumb_paths: dict[str, str], unrecorded: list[str] = ()) -> tuple[dict, str] | None:
+        """``(record, how)`` for a fresh, complete stored image, None when it must be
+        downloaded. ``how``: "uptodate"; "rethumbed" when thumbnails made for other sizes
+        were made again from the stored original; "adopted" when the original was found with
+        no record at one of the ``unrecorded`` paths (where a crawl killed before recording
+        it wrote it) and is recorded now, its thumbnails made from it."""
+        unrecorded = [p for p in unrecorded if self._inside(p)]
+        found = await self._on_index_thread(self.stored.lookup, url, unrecorded)
         if found is None:
             return None
         state, record = found
-        if state != "rethumb":
-            return record, False
-        facts = await self._run("rethumb", store_path(self.root, record["path"]), thumb_paths)
-        record = {**record, "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]}, "thumbs_signature": self.signature}
-        await self._on_index_thread(self.stored.index.put, url, record)
-        return record, True
+        if state == "uptodate":
+            return record, "uptodate"
+        if state == "rethumb":
+            facts = await self._run("rethumb", store_path(self.root, record["path"]), thumb_paths)
+            record = {**record, "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]}, "thumbs_signature": self.signature}
+            await self._on_index_thread(self.stored.index.put, url, record)
+            return record, "rethumbed"
+        try:
+            # The facts (sha256, size) come from the file's own bytes, as after a download.
+            facts = await self._run("rethumb", store_path(self.root, record["path"]), thumb_paths)
+        except Exception:  # noqa: BLE001 - a file we cannot take as is: download, and report that
+            return None
+        kept = await self._on_index_thread(
+            self.stored.keep, self._record(url, record["path"], thumb_paths, facts), record["stored_at"]
+        )
+        return kept, "adopted"
 
     async def store(self, url: str, body: bytes, path: str, thumb_paths: dict[str, str]) -> tuple[dict, bool]:
         """Check, store and record a downloaded image: ``(record, duplicate)``, where
         ``duplicate`` means its bytes were already stored under another URL and are kept once."""
         facts = await self._run("process_image", store_path(self.root, path), thumb_paths, body)
-        record = {
+        record = self._record(url, path, thumb_paths, facts)
+        kept = await self._on_index_thread(self.stored.keep, record)
+        return kept, kept["path"] != record["path"]
+
+    def _record(self, url: str, path: str, thumb_paths: dict[str, str], facts: dict) -> dict:
+        return {
             "url": url, "path": path, "checksum": facts["sha256"],
             **{k: facts[k] for k in ("sha256", "format", "width", "height", "bytes")},
             "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]}, "thumbs_signature": self.signature,
         }
-        kept = await self._on_index_thread(self.stored.keep, record)
-        return kept, kept["path"] != record["path"]
+
+    def _inside(self, path: str) -> bool:
+        try:
+            store_path(self.root, path)
+        except Failed:
+            return False  # a download would be refused too, and says so then
+        return True

@@ -25,6 +25,8 @@ JOBS = {"process_image": imaging.process_image, "rethumb": imaging.rethumb}
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 READY = "ready"
+# What stops a crawl gracefully; a worker outlives them to finish its jobs.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -37,9 +39,16 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def serve(stdin: int = 0, stdout: int = 1) -> None:
     """Run jobs from ``stdin`` until EOF; one result per job, in order."""
-    # Ctrl-C reaches the whole process group: the parent finishes its in-flight images
-    # gracefully, so the workers must not die under them. EOF on stdin is our signal.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, systemd's stop and ``kill -- -PGID`` reach the whole process group: the parent
+    # then stops gracefully, finishing the images it has in flight, so the workers must not
+    # die under them. EOF on stdin is our signal: the parent closes it when the crawl
+    # closes, and we finish every job written before it (a worker still busy after the
+    # pool's close timeout is killed). The parent starts us with these
+    # signals blocked (see ProcessWorkers._spawn), so one sent while Python was still
+    # starting waits, and is dropped here instead of killing a worker that never said READY.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         import fcntl
 

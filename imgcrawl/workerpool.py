@@ -4,8 +4,9 @@ Why not ``concurrent.futures.ProcessPoolExecutor``: it moves every job through t
 threads (queue feeder and result manager) that pickle and pipe each body while contending
 for the GIL with the reactor thread. Here the reactor writes each job to a worker's stdin
 (non-blocking, no thread) and reads the result from its stdout (:mod:`imgcrawl.worker` is
-the other end). A worker that dies (a decoder crash on hostile input, the OOM killer) fails
-only the jobs it held, with reason ``worker-crashed``, and is replaced.
+the other end). A worker that dies (a decoder crash on hostile input, the OOM killer, a
+stray ``kill``) is replaced, and the jobs it held go to the next free worker: a job that
+takes down a second worker too fails, with reason ``worker-crashed``.
 
 Both pools offer ``submit(name, *args) -> Deferred`` and ``close() -> Deferred``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import sys
 from collections import deque
 
@@ -26,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from imgcrawl import imaging
-from imgcrawl.worker import JOBS, READY
+from imgcrawl.worker import JOBS, READY, STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +38,29 @@ logger = logging.getLogger(__name__)
 DEPTH = 4
 
 
+# Workers a job may take down with it before it fails as worker-crashed. A worker killed
+# from outside (the OOM killer, a stray kill) takes innocent jobs with it: a failed image
+# is final (a crawl resumed from its JOBDIR does not fetch it again: media requests skip
+# the scheduler, and the page that named it is not crawled again), so they get one more
+# try. A job whose input crashes the decoder crashes it again: two are enough to say so.
+MAX_CRASHES = 2
+
+
 class WorkerCrashed(imaging.ImageError):
     def __init__(self, detail: str):
         super().__init__("worker-crashed", detail)
+
+
+class _Job:
+    """A call waiting for, or held by, a worker: kept until its result is in, so a worker
+    that dies does not take it along."""
+
+    __slots__ = ("call", "d", "crashes")
+
+    def __init__(self, call: tuple[str, tuple], d: Deferred):
+        self.call = call
+        self.d = d
+        self.crashes = 0  # workers that died while running it
 
 
 class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
@@ -55,13 +77,13 @@ class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
 
     def __init__(self, pool: ProcessWorkers):
         self.pool = pool
-        self.pending: deque[Deferred] = deque()
+        self.pending: deque[_Job] = deque()  # written to it, in order; the first is running
         self.ready = False
         self.ended: Deferred = Deferred()
 
-    def send(self, job: bytes, d: Deferred) -> None:
-        self.pending.append(d)
-        self.transport.write(job)  # to its stdin
+    def send(self, job: _Job) -> None:
+        self.pending.append(job)
+        self.transport.write(pickle.dumps(job.call, protocol=pickle.HIGHEST_PROTOCOL))  # to its stdin
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.dataReceived(data)
@@ -72,16 +94,13 @@ class _Worker(Int32StringReceiver, protocol.ProcessProtocol):
             self.ready = True
         else:
             ok, value = message
-            d = self.pending.popleft()
+            d = self.pending.popleft().d
             d.callback(value) if ok else d.errback(Failure(value))
         self.pool._dispatch()
 
     def processEnded(self, reason: Failure) -> None:
-        detail = f"image worker exited ({reason.value})"
         pending, self.pending = self.pending, deque()
-        self.pool._ended(self, detail)
-        for d in pending:
-            d.errback(Failure(WorkerCrashed(detail)))
+        self.pool._ended(self, f"image worker exited ({reason.value})", pending)
         self.ended.callback(None)
 
 
@@ -92,7 +111,7 @@ class ProcessWorkers:
         from twisted.internet import reactor
 
         self.reactor = reactor
-        self.queue: deque[tuple[bytes, Deferred]] = deque()
+        self.queue: deque[_Job] = deque()
         self.workers: list[_Worker] = []
         self.closing = False
         self.broken: str | None = None
@@ -103,10 +122,17 @@ class ProcessWorkers:
         worker = _Worker(self)
         # The child finds imgcrawl where we did, also inside scrapyd's project egg.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.reactor.spawnProcess(
-            worker, sys.executable, [sys.executable, "-m", "imgcrawl.worker"],
-            env=env, childFDs={0: "w", 1: "r", 2: 2},
-        )
+        # The child inherits this thread's signal mask (Twisted resets only ignored signals
+        # to their default): with the stop signals blocked, one sent to the process group
+        # while the worker is still starting waits until the worker ignores it.
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.reactor.spawnProcess(
+                worker, sys.executable, [sys.executable, "-m", "imgcrawl.worker"],
+                env=env, childFDs={0: "w", 1: "r", 2: 2},
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         self.workers.append(worker)
 
     def submit(self, name: str, *args) -> Deferred:
@@ -114,7 +140,7 @@ class ProcessWorkers:
         if self.broken:
             d.errback(Failure(WorkerCrashed(self.broken)))
             return d
-        self.queue.append((pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL), d))
+        self.queue.append(_Job((name, args), d))
         self._dispatch()
         return d
 
@@ -124,11 +150,14 @@ class ProcessWorkers:
             worker = min(self.workers, key=lambda w: len(w.pending))
             if len(worker.pending) >= DEPTH:
                 return
-            worker.send(*self.queue.popleft())
+            worker.send(self.queue.popleft())
 
-    def _ended(self, worker: _Worker, detail: str) -> None:
+    def _ended(self, worker: _Worker, detail: str, pending: deque[_Job]) -> None:
         self.workers.remove(worker)
         if self.closing:
+            # Closed with no job left to give (the crawl waits for its images first), or
+            # killed after the close timeout: nothing takes its jobs over.
+            self._fail(pending, detail)
             return
         if not worker.ready:
             # It died before it could start: a broken install, not a bad image. Say so
@@ -136,12 +165,25 @@ class ProcessWorkers:
             if self.broken is None:
                 self.broken = f"{detail} before it started (see its error above)"
                 logger.error("imgcrawl: %s", self.broken)
-            while self.queue:
-                self.queue.popleft()[1].errback(Failure(WorkerCrashed(self.broken)))
+            self._fail(pending, detail)
+            self._fail(self.queue, self.broken)
             return
-        logger.warning("imgcrawl: %s; its images fail as worker-crashed; starting another", detail)
+        if pending:
+            # The first job is the one it was running, so perhaps the cause; the others
+            # were only written ahead to it. All go back to the head of the queue, in order.
+            pending[0].crashes += 1
+            if pending[0].crashes >= MAX_CRASHES:
+                pending.popleft().d.errback(Failure(WorkerCrashed(detail)))
+            self.queue.extendleft(reversed(pending))
+        logger.warning("imgcrawl: %s; starting another; the %d image(s) it held are tried again",
+                       detail, len(pending))
         self._spawn()
         self._dispatch()
+
+    @staticmethod
+    def _fail(jobs: deque[_Job], detail: str) -> None:
+        while jobs:
+            jobs.popleft().d.errback(Failure(WorkerCrashed(detail)))
 
     def close(self, timeout: float = 30) -> Deferred:
         """Workers finish their jobs and exit (stdin closed); killed after ``timeout`` s."""
