@@ -240,7 +240,9 @@ class _Threads:
         if not self.running:
             idle, self.idle = self.idle, []
             for d in idle:
-                d.callback(None)
+                # Next reactor turn: not from inside this call's own callbacks, which its
+                # caller may still be waiting on when the pool is found idle.
+                self.reactor.callLater(0, d.callback, None)
         return result
 
     def stop(self) -> Deferred:
