@@ -30,6 +30,9 @@ CREATE TABLE IF NOT EXISTS contents (
 """
 
 
+OPEN_ATTEMPTS = 100  # a few seconds of another crawl holding the new database's lock
+
+
 class SQLiteIndex:
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -38,9 +41,19 @@ class SQLiteIndex:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         # WAL + NORMAL: a commit per image costs no fsync, and a crash loses at most the
         # last few records (their images are then fetched again, never half-stored).
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                # Two crawls opening a new store at once: switching it to WAL takes a lock
+                # that SQLite's busy timeout does not wait for. The loser tries again.
+                if (exc.sqlite_errorcode or 0) & 0xFF != sqlite3.SQLITE_BUSY or attempt == OPEN_ATTEMPTS - 1:
+                    self._db.close()
+                    raise
+                time.sleep(0.05)
 
     def get(self, url: str) -> tuple[dict, float] | None:
         row = self._db.execute(

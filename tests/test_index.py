@@ -41,3 +41,25 @@ def test_holder_finds_the_same_bytes_under_another_url(reopen):
     index.put("http://a/1.jpg", {"url": "http://a/1.jpg", "path": "full/1.jpg", "sha256": "ab"})
     assert index.holder("ab")["path"] == "full/1.jpg"
     assert index.holder("cd") is None
+
+
+def test_crawls_opening_a_fresh_index_at_once_all_get_it(tmp_path):
+    """Two crawls starting into one new store: switching a new database to WAL takes a lock
+    SQLite does not wait for, so the one that loses must retry, not fail the crawl."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time; from imgcrawl.index import SQLiteIndex\n"
+        "start = float(sys.argv[2])\n"
+        "time.sleep(max(0, start - time.time()))\n"
+        "SQLiteIndex(sys.argv[1]).close()\n"
+    )
+    for round_ in range(15):  # the race is lost in a few percent of pairs
+        path = tmp_path / f"r{round_}" / "index.sqlite"
+        start = f"{__import__('time').time() + 0.3:.3f}"
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err[-2000:]

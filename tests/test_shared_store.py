@@ -10,7 +10,6 @@ import threading
 
 from conftest import CRAWL_TIMEOUT, LocalSite, crawl_command
 from imgcrawl.demo import make_image
-from imgcrawl.index import SQLiteIndex
 
 PER_CRAWL = 6
 # Long alt texts make each sheet a few MB, so the two crawls' sheet writes overlap in time.
@@ -47,10 +46,6 @@ def two_galleries() -> LocalSite:
 def test_two_crawls_into_one_store_at_once(tmp_path):
     site = two_galleries()
     store = tmp_path / "store"
-    # The index exists before the two crawls start: two processes creating a fresh SQLite
-    # index at the same moment can get "database is locked" from PRAGMA journal_mode=WAL
-    # (SQLite does not wait on its busy timeout there), a separate issue of index.py.
-    SQLiteIndex(store / ".imgcrawl" / "index.sqlite").close()
     try:
         procs = []
         for crawl in "ab":
