@@ -36,6 +36,7 @@ def mb_of(unit: str, head: str = "", tail: str = "") -> str:
 CSS = {
     "nested url(": mb_of("url("),
     "url( then spaces": mb_of(" ", "url(a"),
+    "spaces that do not close": mb_of(" ", "x) url(a", "b"),  # data-bg-set adds a ")" at the end
     "url( then spaces then )": mb_of(" ", "url(a", "\n)"),
     "unterminated double quotes": mb_of('url("'),
     "unterminated single quotes": mb_of("url('a"),
