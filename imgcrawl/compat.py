@@ -100,3 +100,74 @@ class StatsCollector(MemoryStatsCollector):
     argument is still accepted, just not warned about."""
 
     __getattribute__ = object.__getattribute__
+
+
+# -- bounds on what a server sends -----------------------------------------------------
+
+import functools  # noqa: E402 - this section was appended; its imports stay with it
+
+from scrapy.core.downloader.handlers.http11 import _LenientHTTPClientParser  # noqa: E402
+
+from imgcrawl.failures import Failed  # noqa: E402
+
+
+class ResponseHeadTooLarge(Failed):
+    """A response whose status line and headers ran past ``max_head`` bytes."""
+
+    def __init__(self, max_head: int):
+        super().__init__("too-large", f"response headers over {max_head} bytes")
+        self.max_head = max_head
+
+    def __reduce__(self):
+        return type(self), (self.max_head,)
+
+
+class HeadBoundParser(_LenientHTTPClientParser):
+    """Scrapy's lenient response parser, counting the bytes of the status line and headers.
+
+    Twisted's parser bounds each line (``LineReceiver.MAX_LENGTH``) but not how many there
+    are: a server that never ends its headers grows them in memory until the download
+    timeout. Past ``max_head`` bytes this raises, and Twisted's protocol then drops the
+    connection and fails the request with a ``ResponseFailed`` carrying the exception.
+    """
+
+    max_head = 0  # 0: no limit
+    head_bytes = 0
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
+        # Only the head arrives as lines: the body is read in raw mode.
+        self.head_bytes += len(line) + 1
+        if 0 < self.max_head < self.head_bytes:
+            raise ResponseHeadTooLarge(self.max_head)
+        super().lineReceived(line)
+
+
+class HeadBoundProtocol(SendNowProtocol):
+    """:class:`SendNowProtocol` whose responses' heads may not exceed ``max_head`` bytes."""
+
+    def __init__(self, quiescentCallback, max_head: int):  # noqa: N803 - Twisted's name
+        super().__init__(quiescentCallback)
+        self.max_head = max_head
+
+    def request(self, request):
+        d = super().request(request)
+        # Scrapy swaps in its lenient parser the same way (HTTP11ClientProtocol.request
+        # hardcodes the class); ours adds a count and a limit, both read in lineReceived.
+        if self._parser is not None:
+            self._parser.__class__ = HeadBoundParser
+            self._parser.max_head = self.max_head
+        return d
+
+
+class HeadBoundFactory(SendNowFactory):
+    def __init__(self, quiescentCallback, metadata, *, max_head: int):  # noqa: N803
+        super().__init__(quiescentCallback, metadata)
+        self.max_head = max_head
+
+    def buildProtocol(self, addr):  # noqa: N802 - Twisted's name
+        return HeadBoundProtocol(self._quiescentCallback, self.max_head)
+
+
+def use_head_bound_protocol(handler, max_head: int) -> None:
+    """Like :func:`use_send_now_protocol`, with :class:`HeadBoundProtocol` connections."""
+    handler._pool._factory = functools.partial(HeadBoundFactory, max_head=max_head)

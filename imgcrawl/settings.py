@@ -56,6 +56,9 @@ IMGCRAWL_MAX_BYTES = 0
 # Bounded downloads: a photo over 64 MiB is refused while streaming, not after.
 DOWNLOAD_MAXSIZE = 64 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 16 * 1024 * 1024
+# A response whose status line and headers run past this is refused (too-large): Twisted
+# bounds each header line but not their number, so endless headers grew until the timeout.
+IMGCRAWL_MAX_HEADER_BYTES = 64 * 1024
 # One DNS lookup per host, not per request.
 DNSCACHE_ENABLED = True
 DNSCACHE_SIZE = 10_000
