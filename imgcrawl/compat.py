@@ -107,8 +107,14 @@ class StatsCollector(MemoryStatsCollector):
 import functools  # noqa: E402 - this section was appended; its imports stay with it
 
 from scrapy.core.downloader.handlers.http11 import _LenientHTTPClientParser  # noqa: E402
+from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware  # noqa: E402
+from scrapy.exceptions import IgnoreRequest  # noqa: E402
+from scrapy.utils._compression import _DecompressionMaxSizeExceeded  # noqa: E402
 
 from imgcrawl.failures import Failed  # noqa: E402
+
+# What Scrapy's decompression raises past the limit (an IgnoreRequest from it is "caused" by this).
+DecompressionMaxSizeExceeded = _DecompressionMaxSizeExceeded
 
 
 class ResponseHeadTooLarge(Failed):
@@ -120,6 +126,18 @@ class ResponseHeadTooLarge(Failed):
 
     def __reduce__(self):
         return type(self), (self.max_head,)
+
+
+class DecompressedTooLarge(Failed, IgnoreRequest):
+    """A body that decompresses past the download size limit: an IgnoreRequest to Scrapy
+    (as its own), reported once, as ``too-large``, by whoever made the request."""
+
+    def __init__(self, max_size: int, compressed: int):
+        super().__init__("too-large", f"over {max_size} bytes once decompressed ({compressed} bytes compressed)")
+        self.max_size, self.compressed = max_size, compressed
+
+    def __reduce__(self):
+        return type(self), (self.max_size, self.compressed)
 
 
 class HeadBoundParser(_LenientHTTPClientParser):
@@ -171,3 +189,19 @@ class HeadBoundFactory(SendNowFactory):
 def use_head_bound_protocol(handler, max_head: int) -> None:
     """Like :func:`use_send_now_protocol`, with :class:`HeadBoundProtocol` connections."""
     handler._pool._factory = functools.partial(HeadBoundFactory, max_head=max_head)
+
+
+class OneLineHttpCompression(HttpCompressionMiddleware):
+    """Scrapy's HttpCompressionMiddleware (same encodings; the decompressed size limited by
+    ``DOWNLOAD_MAXSIZE`` or the request's ``download_maxsize`` meta), except that a body
+    decompressing past the limit raises :class:`DecompressedTooLarge`, where Scrapy logs a
+    WARNING of its own and raises a bare IgnoreRequest (reported as ``filtered``). The
+    private ``_handle_encoding`` is where Scrapy's limit is checked."""
+
+    def _handle_encoding(self, body, content_encoding, max_size):
+        try:
+            return super()._handle_encoding(body, content_encoding, max_size)
+        except _DecompressionMaxSizeExceeded as exc:
+            # Its traceback's frames hold what was decompressed so far (up to the limit).
+            exc.__traceback__ = None
+            raise DecompressedTooLarge(exc.max_size, len(body)) from None

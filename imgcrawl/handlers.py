@@ -1,4 +1,4 @@
-"""imgcrawl's HTTP download handler: Scrapy's HTTP/1.1 handler, sending each request when it is made.
+"""How responses come in: imgcrawl's HTTP download handler and its decompression middleware.
 
 Twisted buffers every write until the reactor's next poll. Scrapy's downloader starts the next
 request from inside the callbacks of the response that freed its connection, so without this
@@ -8,7 +8,8 @@ that the connection sits idle for.
 
 What a server sends is bounded: the body by ``DOWNLOAD_MAXSIZE`` (Scrapy's handler, while
 streaming), the status line and headers by ``IMGCRAWL_MAX_HEADER_BYTES`` (Twisted bounds each
-header line, not their number).
+header line, not their number), and a compressed body by ``DOWNLOAD_MAXSIZE`` once
+decompressed.
 """
 
 from __future__ import annotations
@@ -42,3 +43,9 @@ class HTTPDownloadHandler(HTTP11DownloadHandler):
             if head is None:
                 raise
             raise head from None
+
+
+
+class HttpCompressionMiddleware(compat.OneLineHttpCompression):
+    """Scrapy's decompression (``DOWNLOADER_MIDDLEWARES`` swaps it in at 590), with a body
+    over the size limit once decompressed refused in one line (``too-large``)."""

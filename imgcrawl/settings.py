@@ -46,6 +46,10 @@ DOWNLOADER_MIDDLEWARES = {
     "imgcrawl.guard.PrivateAddressGuard": 60,
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "imgcrawl.retry.BackoffRetryMiddleware": 550,
+    # Scrapy's decompression, but a body over DOWNLOAD_MAXSIZE once decompressed fails in one
+    # line (too-large).
+    "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
+    "imgcrawl.handlers.HttpCompressionMiddleware": 590,
 }
 # SSRF guard: loopback, private, link-local and metadata addresses are refused. The demo and
 # the tests crawl 127.0.0.1 on purpose and set this to True.
@@ -53,7 +57,8 @@ IMGCRAWL_ALLOW_PRIVATE = False
 # Quotas (0 = none): stop and close the crawl once this many images / bytes are stored.
 IMGCRAWL_MAX_IMAGES = 0
 IMGCRAWL_MAX_BYTES = 0
-# Bounded downloads: a photo over 64 MiB is refused while streaming, not after.
+# Bounded downloads: a photo over 64 MiB is refused while streaming, not after, and so is a
+# compressed body (page or image) that decompresses past it.
 DOWNLOAD_MAXSIZE = 64 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 16 * 1024 * 1024
 # A response whose status line and headers run past this is refused (too-large): Twisted

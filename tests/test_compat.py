@@ -69,6 +69,8 @@ PRIVATE_NAMES = [
     "twisted.web.client:HTTPConnectionPool._factory",
     "twisted.web._newclient:HTTP11ClientProtocol._parser",
     "scrapy.core.downloader.handlers.http11:_LenientHTTPClientParser.lineReceived",
+    "scrapy.downloadermiddlewares.httpcompression:HttpCompressionMiddleware._handle_encoding",
+    "scrapy.utils._compression:_DecompressionMaxSizeExceeded",
 ]
 
 
@@ -597,4 +599,40 @@ def test_robots_txt_download_error_record(tmp_path):
     # The host then counts as allowing everything.
     assert facts.get("pages") == [200], changed("a crawl whose robots.txt failed (its page was not crawled)") + (
         log_tail(facts)
+    )
+
+
+# -- decompression --------------------------------------------------------------------
+
+
+def gzip_response(size: int):
+    import gzip
+
+    from scrapy.http import Response
+
+    body = gzip.compress(b"\0" * size)
+    return Response("https://x.example/a.png", body=body, headers={"Content-Encoding": "gzip"})
+
+
+def test_decompression_over_the_limit_raises_ours_without_scrapys_warning(caplog):
+    import scrapy.downloadermiddlewares.httpcompression as httpcompression
+
+    compat = load_compat()
+    crawler = get_crawler(settings_dict={"DOWNLOAD_MAXSIZE": 10_000})
+    middleware = compat.OneLineHttpCompression.from_crawler(crawler)
+    request = scrapy.Request("https://x.example/a.png")
+    assert middleware.process_response(request, gzip_response(5_000)).body == b"\0" * 5_000
+    with caplog.at_level("WARNING"), pytest.raises(compat.DecompressedTooLarge) as caught:
+        middleware.process_response(request, gzip_response(20_000))
+    assert caught.value.reason == "too-large" and isinstance(caught.value, scrapy.exceptions.IgnoreRequest)
+    assert caught.value.max_size == 10_000, changed("_DecompressionMaxSizeExceeded.max_size")
+    assert not [r for r in caplog.records if r.name == httpcompression.logger.name], changed(
+        "HttpCompressionMiddleware.process_response (it warned before calling _handle_encoding)"
+    )
+    # Scrapy's own still raises an IgnoreRequest caused by the private exception.
+    with pytest.raises(scrapy.exceptions.IgnoreRequest) as caught:
+        httpcompression.HttpCompressionMiddleware.from_crawler(crawler).process_response(
+            request, gzip_response(20_000))
+    assert isinstance(caught.value.__cause__, compat.DecompressionMaxSizeExceeded), changed(
+        "HttpCompressionMiddleware's IgnoreRequest for a body over the limit (its __cause__)"
     )
