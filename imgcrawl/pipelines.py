@@ -11,8 +11,9 @@ Glue only: Pillow work is in :mod:`imgcrawl.imaging` (run by :mod:`imgcrawl.work
 * "already stored?" is an index lookup plus ``stat``, not a whole-file MD5;
 * a failed image is logged once, with a reason, and counted (stock logs it twice, with a
   traceback) and the item records it;
-* bodies waiting for processing are bounded (``IMGCRAWL_MAX_INFLIGHT``), and the per-crawl
-  result cache is bounded, so memory stays flat however long the crawl.
+* images in flight are bounded in number (``IMGCRAWL_MAX_INFLIGHT``) and their bodies in
+  bytes (``IMGCRAWL_MAX_INFLIGHT_BYTES``), and the per-crawl result cache is bounded, so
+  memory stays flat however long the crawl and however large the images.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import json
 import logging
 import os
 import sqlite3
+import weakref
+from collections import deque
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -32,11 +35,12 @@ from scrapy.http.request import NO_CALLBACK
 from scrapy.pipelines.images import ImagesPipeline
 from scrapy.utils.datatypes import LocalCache
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
-from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.python.failure import Failure
 
 from imgcrawl import compat, imaging
 from imgcrawl.failures import STORE_FAILURES, Failed, StoreFailures, failure_reason, report_failure, store_failure
+from imgcrawl.handlers import INFLIGHT_META
 from imgcrawl.index import RedisIndex, SQLiteIndex
 from imgcrawl.quotas import Quotas
 from imgcrawl.stores import ImageStorage, LocalStore
@@ -76,12 +80,107 @@ def parse_thumbs(value: Any) -> dict[str, tuple[int, int]]:
     return thumbs
 
 
+def forget_frames(failure: Failure) -> None:
+    """Drop the frames ``failure`` keeps: its traceback, and those of its exception and of
+    the exceptions that one was raised while handling."""
+    failure.cleanFailure()
+    exc, seen = failure.value, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__context__
+
+
 def worker_pool(name: str) -> type[ProcessWorkers | ThreadWorkers]:
     """The pool class ``IMGCRAWL_WORKER_POOL`` names."""
     pools = {"process": ProcessWorkers, "thread": ThreadWorkers}
     if name not in pools:
         raise BadSetting(f"IMGCRAWL_WORKER_POOL={name!r}: use 'process' or 'thread', e.g. -s IMGCRAWL_WORKER_POOL=thread")
     return pools[name]
+
+
+# Bodies of images in flight, in bytes. Image counts alone do not bound memory: an image may
+# be up to DOWNLOAD_MAXSIZE, and a small compressed download as large once decompressed.
+DEFAULT_MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
+
+
+class InflightBytes:
+    """The bytes of image bodies in memory, each counted from when it is received until its
+    worker is done, and a budget for them (0: none). While they fill it, no new image
+    download starts and no received image is decompressed. The one admitted last may take
+    it over by one body, so any single image up to DOWNLOAD_MAXSIZE still gets through."""
+
+    # A body released while its response is still referenced waits for that response to be
+    # freed before it makes room: a failed image's response stays referenced from its
+    # exception's frames until Scrapy's media pipeline drops them, a few reactor turns
+    # later. At the latest after this many seconds, in case something keeps it.
+    LINGER = 1.0
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self.waiting: deque[Deferred] = deque()
+        self.waking = False
+
+    async def room(self) -> None:
+        # Checked again after each wake-up: whoever woke first may have taken the room.
+        while self.budget and self.used >= self.budget:
+            d: Deferred = Deferred()
+            self.waiting.append(d)
+            await maybe_deferred_to_future(d)
+
+    def change(self, delta: int, response=None) -> None:
+        """Count ``delta`` more bytes; a release (``delta < 0``) of ``response``'s body makes
+        room once that response is gone."""
+        self.used += delta
+        if delta >= 0 or not self.waiting:
+            return
+        if response is None:
+            self._wake_soon()
+            return
+        from twisted.internet import reactor  # noqa: PLC0415 - the installed reactor
+
+        weakref.finalize(response, self._wake_soon)
+        reactor.callLater(self.LINGER, self._wake_soon)
+
+    def _wake_soon(self) -> None:
+        # On a reactor turn of its own, not from inside whatever freed or released a body.
+        if not self.waking:
+            from twisted.internet import reactor  # noqa: PLC0415 - the installed reactor
+
+            self.waking = True
+            reactor.callLater(0, self._wake)
+
+    def _wake(self) -> None:
+        self.waking = False
+        while self.waiting and self.used < self.budget:
+            self.waiting.popleft().callback(None)
+
+
+class HeldBytes:
+    """One image's share of :class:`InflightBytes`: the size of its latest body. Travels in
+    its request's meta (``handlers.INFLIGHT_META``), so retries share it."""
+
+    __slots__ = ("budget", "response", "size")
+
+    def __init__(self, budget: InflightBytes):
+        self.budget = budget
+        self.response = None  # a weak reference to the response whose body is counted
+        self.size = 0
+
+    def room(self):
+        return self.budget.room()
+
+    def hold(self, size: int, response) -> None:
+        delta, self.size = size - self.size, size
+        self.response = weakref.ref(response)
+        self.budget.change(delta)
+
+    def release(self) -> None:
+        response = self.response() if self.response is not None else None
+        size, self.size, self.response = self.size, 0, None
+        if size:
+            self.budget.change(-size, response)
 
 
 # The per-image fields copied onto the item, so the manifest has one flat line per image.
@@ -112,6 +211,10 @@ class GalleryImagesPipeline(ImagesPipeline):
         # that many requests, so images filling it would starve the crawl of new pages.
         max_inflight = settings.getint("IMGCRAWL_MAX_INFLIGHT", settings.getint("CONCURRENT_REQUESTS") // 2)
         self.inflight = DeferredSemaphore(max(1, max_inflight))
+        self.inflight_bytes = InflightBytes(settings.getint("IMGCRAWL_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES))
+        # Each item's shares of it, all released when the item completes whatever happened
+        # to its images (media_downloaded and media_failed release them one by one before).
+        self.held: dict[int, list[HeldBytes]] = {}
         self.redis_url = settings.get("IMGCRAWL_REDIS_URL")
         self.index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
         self.quotas = Quotas(
@@ -142,6 +245,8 @@ class GalleryImagesPipeline(ImagesPipeline):
             return await super().process_item(item)
         finally:
             self.inflight.release()
+            for held in self.held.pop(id(item), ()):
+                held.release()
 
     def _close(self, reason: str) -> None:
         deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason))
@@ -178,6 +283,12 @@ class GalleryImagesPipeline(ImagesPipeline):
             # Scrapy sends only download failures to media_failed; this one is ours to report.
             self.media_failed(Failure(), request, info)
         if found is None:
+            # To be downloaded: its body will count against the byte budget, and while the
+            # budget is full it does not start.
+            held = request.meta[INFLIGHT_META] = HeldBytes(self.inflight_bytes)
+            if item is not None:
+                self.held.setdefault(id(item), []).append(held)
+            await self.inflight_bytes.room()
             return None
         record, rethumbed = found
         if rethumbed:
@@ -186,6 +297,17 @@ class GalleryImagesPipeline(ImagesPipeline):
         return {**record, "status": "uptodate"}
 
     async def media_downloaded(self, response, request, info, *, item=None):
+        held = request.meta.get(INFLIGHT_META)
+        if held is None:
+            return await self._store_downloaded(response, request, info, item)
+        # Counted since the decompression middleware saw it (unless that one is off).
+        held.hold(len(response.body), response)
+        try:
+            return await self._store_downloaded(response, request, info, item)
+        finally:
+            held.release()
+
+    async def _store_downloaded(self, response, request, info, item):
         if response.status != 200:
             raise Failed(f"http-{response.status}")
         if not response.body:
@@ -210,7 +332,15 @@ class GalleryImagesPipeline(ImagesPipeline):
         return {**record, "status": status}
 
     def media_failed(self, failure, request, info):
+        held = request.meta.get(INFLIGHT_META)
+        if held is not None:
+            held.release()
         exc = failure.value
+        # Scrapy caches the failure for the crawl (its result cache, RECENT_RESULTS long),
+        # and the ImageFailed raised below keeps ``exc`` as its __context__: the frames in
+        # their tracebacks (in reference cycles, which only a full garbage collection
+        # frees) would keep this image's body alive with it.
+        forget_frames(failure)
         reason = failure_reason(exc)
         if reason in STORE_FAILURES:
             self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")

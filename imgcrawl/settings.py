@@ -47,7 +47,7 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "imgcrawl.retry.BackoffRetryMiddleware": 550,
     # Scrapy's decompression, but a body over DOWNLOAD_MAXSIZE once decompressed fails in one
-    # line (too-large).
+    # line (too-large), and a compressed image waits for IMGCRAWL_MAX_INFLIGHT_BYTES.
     "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
     "imgcrawl.handlers.HttpCompressionMiddleware": 590,
 }
@@ -64,6 +64,10 @@ DOWNLOAD_WARNSIZE = 16 * 1024 * 1024
 # A response whose status line and headers run past this is refused (too-large): Twisted
 # bounds each header line but not their number, so endless headers grew until the timeout.
 IMGCRAWL_MAX_HEADER_BYTES = 64 * 1024
+# Image bodies in memory (downloaded, decompressed, queued for the workers) in bytes: while
+# they fill this, no image download starts and no compressed one is decompressed. The image
+# count bound alone let large or decompressed bodies add up to gigabytes.
+IMGCRAWL_MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
 # One DNS lookup per host, not per request.
 DNSCACHE_ENABLED = True
 DNSCACHE_SIZE = 10_000

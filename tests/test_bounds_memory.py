@@ -1,9 +1,16 @@
-"""Compressed bodies cannot blow up: a body over the limit once decompressed (an image or a
-page) fails in one line as ``too-large`` (Scrapy logged its own warning, then it was
-reported as ``filtered``)."""
+"""Compressed bodies cannot blow up memory: bytes in flight are bounded, not only images.
+
+A page of images each a few tens of KB of gzip on the wire, just under DOWNLOAD_MAXSIZE once
+decompressed, once took gigabytes (every image in flight decompressed at once; failed
+bodies stayed referenced from Scrapy's result cache). The crawl's peak RSS must stay small,
+a normal image next to them is stored byte-exact, and a body over the limit once
+decompressed (an image or a page) fails in one line as ``too-large``.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 import zlib
 from io import BytesIO
 
@@ -11,8 +18,11 @@ import pytest
 from PIL import Image
 
 from conftest import LocalSite, run_crawl
+from test_bounds_headers import WATCH_RSS
 
 MAXSIZE = 64 * 1024 * 1024  # imgcrawl's DOWNLOAD_MAXSIZE
+BOMBS = 24
+PEAK_RSS_KB = 300 * 1024  # the crawl process; it went over 3 GB before
 
 
 def gzipped(size: int) -> bytes:
@@ -35,6 +45,45 @@ def gzip_response(body: bytes, content_type: str):
         h.end_headers()
         h.wfile.write(body)
     return respond
+
+
+@pytest.fixture(scope="module")
+def crawl(tmp_path_factory):
+    near = gzipped(MAXSIZE - 4 * 1024 * 1024)  # ~60 KB on the wire, 60 MiB decompressed
+    good = jpeg()
+    images = "".join(f'<img src="/bomb{i}.png">' for i in range(BOMBS))
+    site = LocalSite({"/": ("text/html", f'<img src="/good.jpg">{images}'.encode()),
+                      "/good.jpg": ("image/jpeg", good)})
+    site.handlers.update({f"/bomb{i}.png": gzip_response(near, "image/png") for i in range(BOMBS)})
+    site.start()
+    tmp = tmp_path_factory.mktemp("bounds-memory")
+    try:
+        result = run_crawl(tmp, "-a", f"url={site.url('/')}",
+                           wrapper=(sys.executable, "-c", WATCH_RSS, str(tmp / "rss.json")), timeout=120)
+    finally:
+        site.stop()
+    rss = json.loads((tmp / "rss.json").read_text())
+    return site, result, {line["url"]: line for line in result.manifest()}, rss, good
+
+
+def test_peak_memory_stays_bounded(crawl):
+    _, result, _, rss, _ = crawl
+    assert result.returncode == 0, result.log[-3000:]
+    assert "'finish_reason': 'finished'" in result.log
+    assert rss["crawl_kb"] < PEAK_RSS_KB, rss
+
+
+def test_a_normal_image_next_to_them_is_stored_byte_exact(crawl):
+    site, result, manifest, _, good = crawl
+    line = manifest[site.url("/good.jpg")]
+    assert line["status"] == "downloaded", line
+    assert (result.store / line["path"]).read_bytes() == good
+
+
+def test_every_decompressed_image_was_looked_at(crawl):
+    site, _, manifest, _, _ = crawl
+    for i in range(BOMBS):  # under the limit once decompressed: zeros, not an image
+        assert manifest[site.url(f"/bomb{i}.png")]["reason"] == "not-an-image"
 
 
 @pytest.fixture(scope="module")
