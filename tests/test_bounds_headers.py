@@ -1,6 +1,6 @@
 """A response whose headers never end is refused once they pass IMGCRAWL_MAX_HEADER_BYTES.
 
-Twisted bounds each header line, not their number: such a response grew to gigabytes until
+Twisted bounds each header line, not their number: such a response grew in memory until
 DOWNLOAD_TIMEOUT. Now the crawl gives up on it at once, in one line (``too-large``), with
 memory untouched, and stores the other images.
 """

@@ -1,8 +1,8 @@
 """Compressed bodies cannot blow up memory: bytes in flight are bounded, not only images.
 
 A page of images each a few tens of KB of gzip on the wire, just under DOWNLOAD_MAXSIZE once
-decompressed, once took gigabytes (every image in flight decompressed at once; failed
-bodies stayed referenced from Scrapy's result cache). The crawl's peak RSS must stay small,
+decompressed, once took memory in proportion to their number (every image in flight was
+decompressed at once; failed bodies stayed referenced from Scrapy's result cache). The crawl's peak RSS must stay small,
 a normal image next to them is stored byte-exact, and a body over the limit once
 decompressed (an image or a page) fails in one line as ``too-large``.
 """
@@ -23,10 +23,10 @@ from test_bounds_headers import WATCH_RSS
 MAXSIZE = 64 * 1024 * 1024  # imgcrawl's DOWNLOAD_MAXSIZE
 BOMBS = 24
 POOLS = ("thread", "process")
-# The crawl process's peak (it went over 3 GB before): a baseline, the body the budget lets in
-# (one at a time here, each over IMGCRAWL_MAX_INFLIGHT_BYTES) and copies the worker pool makes
-# or keeps a moment longer: with processes its pickle and Twisted's write buffer; with either,
-# the previous body until the pool lets go of it. Usually 210-270 MB, at worst about 340.
+# The crawl process's peak: a baseline, the body the budget lets in (one at a time here, each
+# over IMGCRAWL_MAX_INFLIGHT_BYTES) and the copies the worker pool makes or keeps a moment
+# longer: with processes its pickle and Twisted's write buffer; with either, the previous
+# body until the pool lets go of it. Without the budget, every body at once.
 PEAK_RSS_KB = 360 * 1024
 
 

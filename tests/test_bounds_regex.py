@@ -3,8 +3,8 @@
 Each rule gets a 1 MB attribute or text built to make a backtracking pattern quadratic
 (nested ``url(``, long runs of spaces, unterminated quotes, many ``image-set(``…) and must
 get through image_candidates, pagination_links and detail_links well within the bound
-(the pattern ``css_urls`` replaced took over a minute on some of these). ``css_urls`` must
-find exactly what that pattern found.
+(the pattern ``css_urls`` replaced took time quadratic in their length on some of these).
+``css_urls`` must find exactly what that pattern found.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from imgcrawl.links import pagination_links, detail_links
 
 PAGE = "https://site.example/gallery/"
 MB = 1 << 20
-SECONDS = 2.0  # generous: linear code takes a fraction of this, the old pattern minutes
+SECONDS = 2.0  # generous: linear code takes a fraction of this
 
 # What css_urls replaced, kept as the reference for what it must find.
 OLD_CSS_URL_RE = re.compile(r"url\(\s*(['\"]?)(.+?)\1\s*\)\s*(?:([\d.]+)x)?", re.I)
