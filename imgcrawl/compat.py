@@ -54,17 +54,6 @@ class SendNowProtocol(_LenientHTTP11ClientProtocol):
         return d
 
 
-class SendNowFactory(_LenientHTTP11ClientFactory):
-    def buildProtocol(self, addr):  # noqa: N802 - Twisted's name
-        return SendNowProtocol(self._quiescentCallback)
-
-
-def use_send_now_protocol(handler) -> None:
-    """Make an ``HTTP11DownloadHandler``'s connection pool build :class:`SendNowProtocol`.
-    The pool has no public hook for its protocol; Scrapy sets its own factory this way."""
-    handler._pool._factory = SendNowFactory
-
-
 # -- log records of Scrapy's that imgcrawl reports itself, in one line ------------------
 
 # The loggers of the Scrapy modules whose records these are (their module paths).
@@ -100,3 +89,109 @@ class StatsCollector(MemoryStatsCollector):
     argument is still accepted, just not warned about."""
 
     __getattribute__ = object.__getattribute__
+
+
+# -- bounds on what a server sends -----------------------------------------------------
+
+import functools  # noqa: E402 - this section was appended; its imports stay with it
+
+from scrapy.core.downloader.handlers.http11 import _LenientHTTPClientParser  # noqa: E402
+from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware  # noqa: E402
+from scrapy.exceptions import IgnoreRequest  # noqa: E402
+from scrapy.utils._compression import _DecompressionMaxSizeExceeded  # noqa: E402
+
+from imgcrawl.failures import Failed  # noqa: E402
+
+# What Scrapy's decompression raises past the limit (an IgnoreRequest from it is "caused" by this).
+DecompressionMaxSizeExceeded = _DecompressionMaxSizeExceeded
+
+
+class ResponseHeadTooLarge(Failed):
+    """A response whose status line and headers ran past ``max_head`` bytes."""
+
+    def __init__(self, max_head: int):
+        super().__init__("too-large", f"response headers over {max_head} bytes")
+        self.max_head = max_head
+
+    def __reduce__(self):
+        return type(self), (self.max_head,)
+
+
+class DecompressedTooLarge(Failed, IgnoreRequest):
+    """A body that decompresses past the download size limit: an IgnoreRequest to Scrapy
+    (as its own), reported once, as ``too-large``, by whoever made the request."""
+
+    def __init__(self, max_size: int, compressed: int):
+        super().__init__("too-large", f"over {max_size} bytes once decompressed ({compressed} bytes compressed)")
+        self.max_size, self.compressed = max_size, compressed
+
+    def __reduce__(self):
+        return type(self), (self.max_size, self.compressed)
+
+
+class HeadBoundParser(_LenientHTTPClientParser):
+    """Scrapy's lenient response parser, counting the bytes of the status line and headers.
+
+    Twisted's parser bounds each line (``LineReceiver.MAX_LENGTH``) but not how many there
+    are: a server that never ends its headers grows them in memory until the download
+    timeout. Past ``max_head`` bytes this raises, and Twisted's protocol then drops the
+    connection and fails the request with a ``ResponseFailed`` carrying the exception.
+    """
+
+    max_head = 0  # 0: no limit
+    head_bytes = 0
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
+        # Only the head arrives as lines: the body is read in raw mode.
+        self.head_bytes += len(line) + 1
+        if 0 < self.max_head < self.head_bytes:
+            raise ResponseHeadTooLarge(self.max_head)
+        super().lineReceived(line)
+
+
+class HeadBoundProtocol(SendNowProtocol):
+    """:class:`SendNowProtocol` whose responses' heads may not exceed ``max_head`` bytes."""
+
+    def __init__(self, quiescentCallback, max_head: int):  # noqa: N803 - Twisted's name
+        super().__init__(quiescentCallback)
+        self.max_head = max_head
+
+    def request(self, request):
+        d = super().request(request)
+        # Scrapy swaps in its lenient parser the same way (HTTP11ClientProtocol.request
+        # hardcodes the class); ours adds a count and a limit, both read in lineReceived.
+        if self._parser is not None:
+            self._parser.__class__ = HeadBoundParser
+            self._parser.max_head = self.max_head
+        return d
+
+
+class HeadBoundFactory(_LenientHTTP11ClientFactory):
+    def __init__(self, quiescentCallback, metadata, *, max_head: int):  # noqa: N803
+        super().__init__(quiescentCallback, metadata)
+        self.max_head = max_head
+
+    def buildProtocol(self, addr):  # noqa: N802 - Twisted's name
+        return HeadBoundProtocol(self._quiescentCallback, self.max_head)
+
+
+def use_head_bound_protocol(handler, max_head: int) -> None:
+    """Make an ``HTTP11DownloadHandler``'s connection pool build :class:`HeadBoundProtocol`.
+    The pool has no public hook for its protocol; Scrapy sets its own factory this way."""
+    handler._pool._factory = functools.partial(HeadBoundFactory, max_head=max_head)
+
+
+class OneLineHttpCompression(HttpCompressionMiddleware):
+    """Scrapy's HttpCompressionMiddleware (same encodings; the decompressed size limited by
+    ``DOWNLOAD_MAXSIZE`` or the request's ``download_maxsize`` meta), except that a body
+    decompressing past the limit raises :class:`DecompressedTooLarge`, where Scrapy logs a
+    WARNING of its own and raises a bare IgnoreRequest (reported as ``filtered``). The
+    private ``_handle_encoding`` is where Scrapy's limit is checked."""
+
+    def _handle_encoding(self, body, content_encoding, max_size):
+        try:
+            return super()._handle_encoding(body, content_encoding, max_size)
+        except _DecompressionMaxSizeExceeded as exc:
+            # Its traceback's frames hold what was decompressed so far (up to the limit).
+            exc.__traceback__ = None
+            raise DecompressedTooLarge(exc.max_size, len(body)) from None

@@ -17,6 +17,7 @@ from lxml import etree
 from lxml.html import HtmlElement
 from parsel import Selector
 
+from imgcrawl.css import css_image_urls
 from imgcrawl.links import absolute_url, is_image_url, page_base, select
 
 # Attributes that may carry the real image of an <img>, best first. Lazy loaders keep the
@@ -46,9 +47,9 @@ THUMBNAIL_TYPES = frozenset(
 _PLACEHOLDER_RE = re.compile(r"(?:^|[/_.-])(?:blank|placeholder|spacer|pixel|transparent|1x1)[._-]", re.I)
 # Whole file names lazy loaders use for their stand-in image.
 _PLACEHOLDER_STEMS = frozenset({"lazy", "loading", "loader", "empty", "grey", "gray"})
-_IMAGE_SET_RE = re.compile(r"(?:-webkit-)?image-set\(((?:[^()]|\([^()]*\))*)\)", re.I)
-_CSS_URL_RE = re.compile(r"url\(\s*(['\"]?)(.+?)\1\s*\)\s*(?:([\d.]+)x)?", re.I)
-
+# Page text reaches every pattern here, on the reactor thread, so each must run in time linear
+# in its input. _PLACEHOLDER_RE and the patterns in links.py match bounded alternatives; the
+# CSS patterns are in imgcrawl.css.
 
 @dataclass(frozen=True)
 class ImageCandidate:
@@ -193,21 +194,6 @@ def _noscript_twin(img: HtmlElement) -> HtmlElement | None:
     with its real URL, for browsers without JavaScript."""
     after = _sibling_element(img)
     return next(after.iter("img"), None) if after is not None and after.tag == "noscript" else None
-
-
-def css_image_urls(style: str) -> list[str]:
-    """``url(…)`` values in a style, taking the densest entry of each ``image-set()``."""
-    urls: list[str] = []
-
-    def densest(match: re.Match) -> str:
-        entries = [(float(x or 1), url) for _, url, x in _CSS_URL_RE.findall(match.group(1))]
-        if entries:
-            urls.append(max(entries, key=lambda e: e[0])[1])
-        return ""
-
-    rest = _IMAGE_SET_RE.sub(densest, style)
-    urls.extend(url for _, url, _ in _CSS_URL_RE.findall(rest))
-    return urls
 
 
 def background_urls(node: HtmlElement) -> list[str]:

@@ -96,6 +96,10 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, HttpError):
         return f"http-{exc.response.status}"
     if isinstance(exc, exceptions.IgnoreRequest):
+        from imgcrawl import compat  # noqa: PLC0415 - see above
+
+        if isinstance(exc.__cause__, compat.DecompressionMaxSizeExceeded):
+            return "too-large"  # from Scrapy's own HttpCompressionMiddleware
         message = str(exc).lower()
         if "robots" in message:
             return "robots"

@@ -1,22 +1,45 @@
-"""imgcrawl's HTTP download handler: Scrapy's HTTP/1.1 handler, sending each request when it is made.
+"""How responses come in: imgcrawl's HTTP download handler.
 
 Twisted buffers every write until the reactor's next poll. Scrapy's downloader starts the next
 request from inside the callbacks of the response that freed its connection, so without this
 that request waits for the rest of the response's processing, and for every other event of the
 same poll, before it goes out: on a latency-bound crawl of small images, a cost per request
 that the connection sits idle for.
+
+What a server sends is bounded: the body by ``DOWNLOAD_MAXSIZE`` (Scrapy's handler, while
+streaming), the status line and headers by ``IMGCRAWL_MAX_HEADER_BYTES`` (Twisted bounds each
+header line, not their number), (a compressed body once decompressed:
+:mod:`imgcrawl.inflight`).
 """
 
 from __future__ import annotations
 
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
+from scrapy.exceptions import DownloadFailedError
 
 from imgcrawl import compat
 
+# Browsers accept up to a few hundred KiB of response headers; image servers and CDNs send
+# a few KiB. Past this the response is refused (too-large) instead of grown until the timeout.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+
 
 class HTTPDownloadHandler(HTTP11DownloadHandler):
-    """Scrapy's HTTP/1.1 handler (same pool, parser, TLS and proxies); requests go out at once."""
+    """Scrapy's HTTP/1.1 handler (same pool, parser, TLS and proxies); requests go out at
+    once, and response headers are bounded."""
 
     def __init__(self, crawler):
         super().__init__(crawler)
-        compat.use_send_now_protocol(self)
+        max_head = crawler.settings.getint("IMGCRAWL_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES)
+        compat.use_head_bound_protocol(self, max_head)
+
+    async def download_request(self, request):
+        try:
+            return await super().download_request(request)
+        except DownloadFailedError as exc:
+            # Scrapy wraps Twisted's ResponseFailed, whose reasons hold what the parser raised.
+            reasons = getattr(exc.__cause__, "reasons", None) or ()
+            head = next((r.value for r in reasons if isinstance(r.value, compat.ResponseHeadTooLarge)), None)
+            if head is None:
+                raise
+            raise head from None

@@ -88,6 +88,19 @@ def extension_for(fmt: str) -> str:
     return FORMAT_EXTENSIONS.get(fmt, fmt.lower())
 
 
+# Every extension file_extension can give: by format, or "img" for bytes it cannot name.
+STORED_EXTENSIONS = (*dict.fromkeys(FORMAT_EXTENSIONS.values()), "img")
+
+
+def with_each_extension(path: str) -> list[str]:
+    """``path``, then the same path under each other extension :func:`file_extension` can
+    give (an original whose format was unknown when its name was first made)."""
+    stem, dot, ext = path.rpartition(".")
+    if not dot or ext not in STORED_EXTENSIONS:
+        return [path]
+    return [path, *(f"{stem}.{other}" for other in STORED_EXTENSIONS if other != ext)]
+
+
 def file_extension(url: str, body: bytes | None = None) -> str:
     """The extension to store an image under: from its bytes when we have them, else from
     the URL's path when it names a known format, else ``img``."""

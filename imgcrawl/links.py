@@ -24,6 +24,8 @@ IMAGE_EXTENSIONS = frozenset(
     "jpg jpeg jpe jfif png gif webp avif bmp tif tiff svg heic heif".split()
 )
 
+# These see hrefs from the page: each matches fixed words or one run of digits from a given
+# start, so their time stays linear in the href's length (tests/test_bounds_regex.py).
 _PAGE_PARAM_RE = re.compile(r"[?&](?:page|p|pg)=\d+", re.I)
 _PAGE_PATH_RE = re.compile(r"/page/\d+/?$", re.I)
 _NEXT_TEXT = ("next", "next page", "older", "more", "›", "»", "→", ">", ">>")

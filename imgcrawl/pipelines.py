@@ -11,8 +11,9 @@ Glue only: Pillow work is in :mod:`imgcrawl.imaging` (run by :mod:`imgcrawl.work
 * "already stored?" is an index lookup plus ``stat``, not a whole-file MD5;
 * a failed image is logged once, with a reason, and counted (stock logs it twice, with a
   traceback) and the item records it;
-* bodies waiting for processing are bounded (``IMGCRAWL_MAX_INFLIGHT``), and the per-crawl
-  result cache is bounded, so memory stays flat however long the crawl.
+* images in flight are bounded in number (``IMGCRAWL_MAX_INFLIGHT``) and their bodies in
+  bytes (``IMGCRAWL_MAX_INFLIGHT_BYTES``), and the per-crawl result cache is bounded, so
+  memory stays flat however long the crawl and however large the images.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from twisted.python.failure import Failure
 
 from imgcrawl import compat, imaging
 from imgcrawl.failures import STORE_FAILURES, Failed, StoreFailures, failure_reason, report_failure, store_failure
+from imgcrawl.inflight import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes, holding, release
 from imgcrawl.index import RedisIndex, SQLiteIndex
 from imgcrawl.quotas import Quotas
 from imgcrawl.stores import ImageStorage, LocalStore
@@ -76,6 +78,17 @@ def parse_thumbs(value: Any) -> dict[str, tuple[int, int]]:
     return thumbs
 
 
+def forget_frames(failure: Failure) -> None:
+    """Drop the frames ``failure`` keeps: its traceback, and those of its exception and of
+    the exceptions that one was raised while handling."""
+    failure.cleanFailure()
+    exc, seen = failure.value, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__context__
+
+
 def worker_pool(name: str) -> type[ProcessWorkers | ThreadWorkers]:
     """The pool class ``IMGCRAWL_WORKER_POOL`` names."""
     pools = {"process": ProcessWorkers, "thread": ThreadWorkers}
@@ -84,9 +97,15 @@ def worker_pool(name: str) -> type[ProcessWorkers | ThreadWorkers]:
     return pools[name]
 
 
-# Every extension file_path can give an original (imaging.file_extension): by format, or
-# "img" for an image whose format the first bytes do not name.
-STORED_EXTENSIONS = (*dict.fromkeys(imaging.FORMAT_EXTENSIONS.values()), "img")
+def image_results(urls: list[str], results: list) -> list[dict]:
+    """Scrapy's ``(ok, result or failure)`` per URL as the item's records: a stored image's
+    record, or the URL with ``status: failed`` and its reason."""
+    return [
+        {k: v for k, v in value.items() if k != "thumbs_signature"} if ok
+        else {"url": url, "status": "failed", "reason": failure_reason(value.value)}
+        for url, (ok, value) in zip(urls, results)
+    ]
+
 
 # The per-image fields copied onto the item, so the manifest has one flat line per image.
 RESULT_FIELDS = ("url", "status", "reason", "path", "sha256", "format", "width", "height", "bytes", "thumbs")
@@ -116,6 +135,7 @@ class GalleryImagesPipeline(ImagesPipeline):
         # that many requests, so images filling it would starve the crawl of new pages.
         max_inflight = settings.getint("IMGCRAWL_MAX_INFLIGHT", settings.getint("CONCURRENT_REQUESTS") // 2)
         self.inflight = DeferredSemaphore(max(1, max_inflight))
+        self.inflight_bytes = InflightBytes(settings.getint("IMGCRAWL_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES))
         self.redis_url = settings.get("IMGCRAWL_REDIS_URL")
         self.index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
         self.quotas = Quotas(
@@ -146,6 +166,7 @@ class GalleryImagesPipeline(ImagesPipeline):
             return await super().process_item(item)
         finally:
             self.inflight.release()
+            self.inflight_bytes.release_item(item)
 
     def _close(self, reason: str) -> None:
         deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason))
@@ -156,18 +177,6 @@ class GalleryImagesPipeline(ImagesPipeline):
 
     def _thumb_paths(self, request, response=None, info=None, item=None) -> dict[str, str]:
         return {name: self.thumb_path(request, name, response=response, info=info, item=item) for name in self.thumbs}
-
-    def _unrecorded_paths(self, request, info, item) -> list[str]:
-        """Where an earlier download of this URL may be stored without its index record (a
-        crawl killed between the file's rename and the index commit). ``file_path`` takes the
-        extension from the bytes, unknown until they are downloaded: so the path it gives
-        without them, under each extension it could have chosen (a few ``stat`` calls, only
-        for URLs the index does not know)."""
-        path = self.file_path(request, info=info, item=item)
-        stem, dot, ext = path.rpartition(".")
-        if not dot or ext not in STORED_EXTENSIONS:
-            return [path]
-        return [path, *(f"{stem}.{other}" for other in STORED_EXTENSIONS if other != ext)]
 
     # -- Scrapy's hooks ---------------------------------------------------------------
 
@@ -189,13 +198,18 @@ class GalleryImagesPipeline(ImagesPipeline):
         """Already stored, fresh and complete? Then no download: one lookup, a few stats."""
         try:
             self.quotas.check()
-            found = await self.storage.lookup(
-                request.url, self._thumb_paths(request, item=item), self._unrecorded_paths(request, info, item)
-            )
+            # Where an earlier download may be stored without its index record (a crawl killed
+            # between the file's rename and the index commit): file_path takes the extension
+            # from the bytes, so its path without them under each extension it could give.
+            unrecorded = imaging.with_each_extension(self.file_path(request, info=info, item=item))
+            found = await self.storage.lookup(request.url, self._thumb_paths(request, item=item), unrecorded)
         except Failed:
             # Scrapy sends only download failures to media_failed; this one is ours to report.
             self.media_failed(Failure(), request, info)
         if found is None:
+            # To be downloaded: its body will count against the byte budget, and while the
+            # budget is full it does not start.
+            await self.inflight_bytes.share(request, item).room()
             return None
         record, how = found
         if how != "uptodate":
@@ -204,6 +218,10 @@ class GalleryImagesPipeline(ImagesPipeline):
         return {**record, "status": "uptodate"}
 
     async def media_downloaded(self, response, request, info, *, item=None):
+        with holding(request, response):  # its body counts against the byte budget until stored
+            return await self._store_downloaded(response, request, info, item)
+
+    async def _store_downloaded(self, response, request, info, item):
         if response.status != 200:
             raise Failed(f"http-{response.status}")
         if not response.body:
@@ -228,7 +246,13 @@ class GalleryImagesPipeline(ImagesPipeline):
         return {**record, "status": status}
 
     def media_failed(self, failure, request, info):
+        release(request)
         exc = failure.value
+        # Scrapy caches the failure for the crawl (its result cache, RECENT_RESULTS long),
+        # and the ImageFailed raised below keeps ``exc`` as its __context__: the frames in
+        # their tracebacks (in reference cycles, which only a full garbage collection
+        # frees) would keep this image's body alive with it.
+        forget_frames(failure)
         reason = failure_reason(exc)
         if reason in STORE_FAILURES:
             self.crawler.stats.inc_value(f"imgcrawl/failed/{reason}")
@@ -242,16 +266,8 @@ class GalleryImagesPipeline(ImagesPipeline):
     def item_completed(self, results, item, info):
         """Each result on the item; the item's flat fields describe its (first) image."""
         adapter = ItemAdapter(item)
-        urls = adapter.get(self.images_urls_field, [])
-        images = []
-        for url, (ok, value) in zip(urls, results):
-            if ok:
-                images.append({k: v for k, v in value.items() if k != "thumbs_signature"})
-            else:
-                images.append({"url": url, "status": "failed", "reason": failure_reason(value.value)})
-        adapter[self.images_result_field] = images
-        if images:
-            for field in RESULT_FIELDS:
-                if field in images[0]:
-                    adapter[field] = images[0][field]
+        adapter[self.images_result_field] = images = image_results(adapter.get(self.images_urls_field, []), results)
+        for field in RESULT_FIELDS if images else ():
+            if field in images[0]:
+                adapter[field] = images[0][field]
         return item

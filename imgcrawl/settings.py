@@ -46,6 +46,10 @@ DOWNLOADER_MIDDLEWARES = {
     "imgcrawl.guard.PrivateAddressGuard": 60,
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "imgcrawl.retry.BackoffRetryMiddleware": 550,
+    # Scrapy's decompression, but a body over DOWNLOAD_MAXSIZE once decompressed fails in one
+    # line (too-large), and a compressed image waits for IMGCRAWL_MAX_INFLIGHT_BYTES.
+    "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
+    "imgcrawl.inflight.HttpCompressionMiddleware": 590,
 }
 # SSRF guard: names that do not resolve and loopback, private, link-local and metadata
 # addresses are refused; so is every connection to such an address. The demo and
@@ -58,9 +62,17 @@ IMGCRAWL_ALLOW_PROXY = False
 # Quotas (0 = none): stop and close the crawl once this many images / bytes are stored.
 IMGCRAWL_MAX_IMAGES = 0
 IMGCRAWL_MAX_BYTES = 0
-# Bounded downloads: a photo over 64 MiB is refused while streaming, not after.
+# Bounded downloads: a photo over 64 MiB is refused while streaming, not after, and so is a
+# compressed body (page or image) that decompresses past it.
 DOWNLOAD_MAXSIZE = 64 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 16 * 1024 * 1024
+# A response whose status line and headers run past this is refused (too-large): Twisted
+# bounds each header line but not their number, so endless headers grew until the timeout.
+IMGCRAWL_MAX_HEADER_BYTES = 64 * 1024
+# Image bodies in memory (downloaded, decompressed, queued for the workers) in bytes: while
+# they fill this, no image download starts and no compressed one is decompressed. The image
+# count bound alone let large or decompressed bodies add up to gigabytes.
+IMGCRAWL_MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
 # One DNS lookup per host, not per request.
 DNSCACHE_ENABLED = True
 DNSCACHE_SIZE = 10_000

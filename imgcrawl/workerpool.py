@@ -205,6 +205,14 @@ class ProcessWorkers:
         return done
 
 
+def _without_frames(failure: Failure) -> Failure:
+    """A call's failure without its traceback: the frames in it hold the call's arguments (an
+    image body), in reference cycles that only a full garbage collection would free."""
+    failure.cleanFailure()
+    failure.value.__traceback__ = None
+    return failure
+
+
 class _Threads:
     """A Twisted thread pool of our own: the reactor's is sized by Scrapy's
     REACTOR_THREADPOOL_MAXSIZE and resolves DNS, which image work must not crowd out.
@@ -233,7 +241,7 @@ class _Threads:
             self.pool.start()
             self.shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._at_shutdown)
         self.running += 1
-        return deferToThreadPool(self.reactor, self.pool, fn, *args).addBoth(self._finished)
+        return deferToThreadPool(self.reactor, self.pool, fn, *args).addErrback(_without_frames).addBoth(self._finished)
 
     def _finished(self, result):
         self.running -= 1

@@ -67,6 +67,10 @@ PRIVATE_NAMES = [
     "scrapy.utils._download_handlers:get_dataloss_msg",
     "twisted.internet.abstract:FileDescriptor.doWrite",
     "twisted.web.client:HTTPConnectionPool._factory",
+    "twisted.web._newclient:HTTP11ClientProtocol._parser",
+    "scrapy.core.downloader.handlers.http11:_LenientHTTPClientParser.lineReceived",
+    "scrapy.downloadermiddlewares.httpcompression:HttpCompressionMiddleware._handle_encoding",
+    "scrapy.utils._compression:_DecompressionMaxSizeExceeded",
 ]
 
 
@@ -103,9 +107,12 @@ def test_scrapys_factory_builds_its_protocol_with_the_pools_quiescent_callback()
     def callback(protocol):
         pass
 
-    for factory, built in ((factory_class, protocol_class), (compat.SendNowFactory, compat.SendNowProtocol)):
+    for factory, options, built in (
+        (factory_class, {}, protocol_class),
+        (compat.HeadBoundFactory, {"max_head": 65536}, compat.HeadBoundProtocol),
+    ):
         try:
-            protocol = factory(callback, "metadata").buildProtocol(None)
+            protocol = factory(callback, "metadata", **options).buildProtocol(None)
         except (AttributeError, TypeError) as exc:
             pytest.fail(changed(f"{factory.__qualname__}.buildProtocol ({type(exc).__name__}: {exc})"))
         assert type(protocol) is built and isinstance(protocol, protocol_class), changed(
@@ -282,7 +289,8 @@ async def downloads(reactor):
     facts["factories"] = {"scrapy": getattr(getattr(scrapys._pool, "_factory", None), "__qualname__", None)}
     await scrapys.close()
     ours = HTTPDownloadHandler(crawler)
-    facts["factories"]["imgcrawl"] = ours._pool._factory.__qualname__
+    factory = ours._pool._factory
+    facts["factories"]["imgcrawl"] = getattr(factory, "func", factory).__qualname__
     try:
         bodies = []
         for _ in range(2):  # one after the other: the second reuses the first's connection
@@ -294,7 +302,7 @@ async def downloads(reactor):
             type(o).__qualname__ for o in gc.get_objects() if isinstance(o, HTTP11ClientProtocol)
         })
         facts["hostile"] = {}
-        for path in ("/declared", "/streamed", "/cut"):
+        for path in ("/declared", "/streamed", "/cut", "/endless-headers"):
             try:
                 response = await ours.download_request(scrapy.Request(args["hostile"] + path))
                 facts["hostile"][path] = response.status
@@ -452,7 +460,7 @@ HOSTILE = {
 @pytest.fixture(scope="module")
 def http11_run(tmp_path_factory):
     reused = LocalSite({"/a": ("text/plain", b"hello")}).start()
-    hostile = LocalSite({}, handlers=HOSTILE).start()
+    hostile = LocalSite({}, handlers={**HOSTILE, "/endless-headers": endless_headers}).start()
     try:
         facts = run("http11", tmp_path_factory.mktemp("http11"),
                     reused=reused.url("/a"), hostile=hostile.url(""), maxsize=MAXSIZE)
@@ -461,6 +469,17 @@ def http11_run(tmp_path_factory):
     finally:
         reused.stop()
         hostile.stop()
+
+
+def endless_headers(handler) -> None:
+    """Header lines until the client gives up (or 16 MiB, the test's own bound)."""
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+    try:
+        for i in range(16 * 1024):
+            handler.wfile.write(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000))
+    except OSError:
+        pass
+    handler.close_connection = True
 
 
 def test_send_now_writes_what_twisted_buffered(http11_run):
@@ -476,11 +495,11 @@ def test_handler_pool_factory_is_scrapys_and_ours_replaces_it(http11_run):
     no_error(http11_run, "downloads", "HTTP11DownloadHandler._pool._factory or the protocol it builds")
     factories = http11_run["factories"]
     # Scrapy sets its own factory the same way: ours, a subclass, keeps what Scrapy's adds.
-    assert factories == {"scrapy": "_LenientHTTP11ClientFactory", "imgcrawl": "SendNowFactory"}, changed(
+    assert factories == {"scrapy": "_LenientHTTP11ClientFactory", "imgcrawl": "HeadBoundFactory"}, changed(
         f"HTTP11DownloadHandler._pool._factory (the factories set: {factories})"
     )
     # The pool builds its connections with _factory, and each returns to the pool when done.
-    assert http11_run["protocols"] == ["SendNowProtocol"], changed(
+    assert http11_run["protocols"] == ["HeadBoundProtocol"], changed(
         f"twisted HTTPConnectionPool._factory (the connections were {http11_run['protocols']})"
     )
     assert http11_run["reused"] == [[200, "hello"], [200, "hello"]], changed(
@@ -488,6 +507,17 @@ def test_handler_pool_factory_is_scrapys_and_ours_replaces_it(http11_run):
     )
     assert http11_run["connections"] == 1, changed(
         "_quiescentCallback (a finished connection did not return to the pool)"
+    )
+
+
+def test_endless_headers_fail_with_the_parsers_exception(http11_run):
+    # The parser raises in lineReceived; Twisted drops the connection and fails the request
+    # with a ResponseFailed holding it, which Scrapy wraps (DownloadFailedError) and our
+    # handler unwraps.
+    no_error(http11_run, "downloads", "the http11 download handler")
+    assert http11_run["hostile"]["/endless-headers"] == "ResponseHeadTooLarge", changed(
+        "HTTP11ClientProtocol's parser swap, lineReceived, or how a parser's exception reaches "
+        f"the request (got {http11_run['hostile']})"
     )
 
 
@@ -572,4 +602,40 @@ def test_robots_txt_download_error_record(tmp_path):
     # The host then counts as allowing everything.
     assert facts.get("pages") == [200], changed("a crawl whose robots.txt failed (its page was not crawled)") + (
         log_tail(facts)
+    )
+
+
+# -- decompression --------------------------------------------------------------------
+
+
+def gzip_response(size: int):
+    import gzip
+
+    from scrapy.http import Response
+
+    body = gzip.compress(b"\0" * size)
+    return Response("https://x.example/a.png", body=body, headers={"Content-Encoding": "gzip"})
+
+
+def test_decompression_over_the_limit_raises_ours_without_scrapys_warning(caplog):
+    import scrapy.downloadermiddlewares.httpcompression as httpcompression
+
+    compat = load_compat()
+    crawler = get_crawler(settings_dict={"DOWNLOAD_MAXSIZE": 10_000})
+    middleware = compat.OneLineHttpCompression.from_crawler(crawler)
+    request = scrapy.Request("https://x.example/a.png")
+    assert middleware.process_response(request, gzip_response(5_000)).body == b"\0" * 5_000
+    with caplog.at_level("WARNING"), pytest.raises(compat.DecompressedTooLarge) as caught:
+        middleware.process_response(request, gzip_response(20_000))
+    assert caught.value.reason == "too-large" and isinstance(caught.value, scrapy.exceptions.IgnoreRequest)
+    assert caught.value.max_size == 10_000, changed("_DecompressionMaxSizeExceeded.max_size")
+    assert not [r for r in caplog.records if r.name == httpcompression.logger.name], changed(
+        "HttpCompressionMiddleware.process_response (it warned before calling _handle_encoding)"
+    )
+    # Scrapy's own still raises an IgnoreRequest caused by the private exception.
+    with pytest.raises(scrapy.exceptions.IgnoreRequest) as caught:
+        httpcompression.HttpCompressionMiddleware.from_crawler(crawler).process_response(
+            request, gzip_response(20_000))
+    assert isinstance(caught.value.__cause__, compat.DecompressionMaxSizeExceeded), changed(
+        "HttpCompressionMiddleware's IgnoreRequest for a body over the limit (its __cause__)"
     )

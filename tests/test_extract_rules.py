@@ -7,7 +7,7 @@ import re
 import pytest
 from parsel import Selector
 
-from imgcrawl import extract, links
+from imgcrawl import css, extract, links
 
 PAGE = "https://photos.example/gallery/page.html"
 GIF_1x1 = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
@@ -172,7 +172,7 @@ def test_inline_background_images_and_image_set():
 
 def test_css_image_urls_keeps_every_layer():
     style = "background-image: image-set(url(l1.jpg) 1x, url(l2.jpg) 2x), url(r.jpg)"
-    assert extract.css_image_urls(style) == ["l2.jpg", "r.jpg"]
+    assert css.css_image_urls(style) == ["l2.jpg", "r.jpg"]
 
 
 # -- URL hygiene ------------------------------------------------------------------------
