@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CRAWL_TIMEOUT, CrawlResult, LocalSite, crawl_command, run_crawl
+from conftest import CRAWL_TIMEOUT, CrawlResult, LocalSite, answer, crawl_command, run_crawl
 
 PAGES, PER_PAGE = 3, 8
 # Worker threads, or the default: worker processes (two, so the machine's cores do not
@@ -55,12 +55,7 @@ def gallery(delay: float = 0.0) -> LocalSite:
 
     def slow(h):
         time.sleep(delay)
-        body = images[h.path]
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
+        answer(h, "image/jpeg", images[h.path])
 
     site.handlers.update({path: slow for path in images})
     site.images = images

@@ -8,7 +8,7 @@ import random
 import subprocess
 import threading
 
-from conftest import CRAWL_TIMEOUT, LocalSite, crawl_command
+from conftest import CRAWL_TIMEOUT, LocalSite, answer, crawl_command
 from imgcrawl.demo import make_image
 
 PER_CRAWL = 6
@@ -31,12 +31,7 @@ def two_galleries() -> LocalSite:
 
     def last(h):
         together.wait()
-        body = images[h.path]
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
+        answer(h, "image/jpeg", images[h.path])
 
     site = LocalSite(files)
     site.handlers.update({f"/img/{crawl}{PER_CRAWL - 1}.jpg": last for crawl in "ab"})
