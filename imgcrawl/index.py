@@ -11,6 +11,7 @@ shared by every worker of a distributed crawl (redis-py only, imported when used
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import stat
 import time
@@ -165,7 +166,7 @@ class StoredImages:
         its final name is whole: it is recorded again from its bytes, not fetched again."""
         for path in paths:
             try:
-                st = (self.root / path).stat()
+                st = os.stat(f"{self.root}/{path}")
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode):

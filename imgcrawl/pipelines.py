@@ -199,10 +199,11 @@ class GalleryImagesPipeline(ImagesPipeline):
         try:
             self.quotas.check()
             # Where an earlier download may be stored without its index record (a crawl killed
-            # between the file's rename and the index commit): file_path takes the extension
-            # from the bytes, so its path without them under each extension it could give.
-            unrecorded = imaging.with_each_extension(self.file_path(request, info=info, item=item))
-            found = await self.storage.lookup(request.url, self._thumb_paths(request, item=item), unrecorded)
+            # between the file's rename and the index commit): the path file_path gives
+            # without the bytes (under each extension it could give them).
+            found = await self.storage.lookup(
+                request.url, self._thumb_paths(request, item=item), self.file_path(request, info=info, item=item)
+            )
         except Failed:
             # Scrapy sends only download failures to media_failed; this one is ours to report.
             self.media_failed(Failure(), request, info)

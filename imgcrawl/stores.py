@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scrapy.utils.defer import maybe_deferred_to_future
 
+from imgcrawl import imaging
 from imgcrawl.failures import Failed
 from imgcrawl.index import RedisIndex, SQLiteIndex, StoredImages
 from imgcrawl.workerpool import BatchingThread, ProcessWorkers, ThreadWorkers
@@ -91,14 +92,16 @@ class ImageStorage:
         thumbs = {n: (self.thumbs[n], store_path(self.root, p)) for n, p in thumb_paths.items()}
         return maybe_deferred_to_future(self.workers.submit(job, *data, original, thumbs, self.max_pixels))
 
-    async def lookup(self, url: str, thumb_paths: dict[str, str], unrecorded: list[str] = ()) -> tuple[dict, str] | None:
+    async def lookup(self, url: str, thumb_paths: dict[str, str], unrecorded: str | None = None) -> tuple[dict, str] | None:
         """``(record, how)`` for a fresh, complete stored image, None when it must be
         downloaded. ``how``: "uptodate"; "rethumbed" when thumbnails made for other sizes
         were made again from the stored original; "adopted" when the original was found with
-        no record at one of the ``unrecorded`` paths (where a crawl killed before recording
-        it wrote it) and is recorded now, its thumbnails made from it."""
-        unrecorded = [p for p in unrecorded if self._inside(p)]
-        found = await self._on_index_thread(self.stored.lookup, url, unrecorded)
+        no record at the ``unrecorded`` path, under any extension an original may have (where
+        a crawl killed before recording it wrote it), and is recorded now, its thumbnails
+        made from it."""
+        # The alternatives differ only in their extension: inside the store if it is.
+        candidates = imaging.with_each_extension(unrecorded) if unrecorded and self._inside(unrecorded) else []
+        found = await self._on_index_thread(self.stored.lookup, url, candidates)
         if found is None:
             return None
         state, record = found
