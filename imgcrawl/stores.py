@@ -107,20 +107,19 @@ class ImageStorage:
         state, record = found
         if state == "uptodate":
             return record, "uptodate"
-        if state == "rethumb":
-            facts = await self._run("rethumb", store_path(self.root, record["path"]), thumb_paths)
-            record = {**record, "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]}, "thumbs_signature": self.signature}
-            await self._on_index_thread(self.stored.index.put, url, record)
-            return record, "rethumbed"
+        # Either way the thumbnails are made from the stored original, and its facts
+        # (sha256, size) come from the file's own bytes, as after a download.
         try:
-            # The facts (sha256, size) come from the file's own bytes, as after a download.
             facts = await self._run("rethumb", store_path(self.root, record["path"]), thumb_paths)
-        except Exception:  # noqa: BLE001 - a file we cannot take as is: download, and report that
-            return None
-        kept = await self._on_index_thread(
-            self.stored.keep, self._record(url, record["path"], thumb_paths, facts), record["stored_at"]
-        )
-        return kept, "adopted"
+        except Exception:
+            if state == "rethumb":
+                raise
+            return None  # a leftover file we cannot take as is: download the image instead
+        made = self._record(url, record["path"], thumb_paths, facts)
+        if state == "rethumb":
+            await self._on_index_thread(self.stored.index.put, url, made)
+            return made, "rethumbed"
+        return await self._on_index_thread(self.stored.keep, made, record["stored_at"]), "adopted"
 
     async def store(self, url: str, body: bytes, path: str, thumb_paths: dict[str, str]) -> tuple[dict, bool]:
         """Check, store and record a downloaded image: ``(record, duplicate)``, where
