@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import time
 from pathlib import Path
 
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from imgcrawl import imaging
+from imgcrawl import imaging, naming
 from imgcrawl.failures import Failed
-from imgcrawl.index import RedisIndex, SQLiteIndex, StoredImages
+from imgcrawl.index import VALIDATORS, RedisIndex, SQLiteIndex, StoredImages
 from imgcrawl.workerpool import BatchingThread, ProcessWorkers, ThreadWorkers
 
 # Longest file name most filesystems take (ext4, APFS, NTFS): longer fails on write.
-NAME_MAX = 255
+NAME_MAX = naming.NAME_MAX
+# Where images named by IMGCRAWL_FILE_NAME are written before their name is known (it may
+# use their facts); a crawl killed meanwhile leaves files here, cleared an hour later.
+STAGING = ".imgcrawl/staging"
+STAGING_MAX_AGE = 3600
+# Kept from an image's old record when its thumbnails are made again.
+CARRIED = (*VALIDATORS, "near_duplicate_of")
 
 
 class LocalStore:
@@ -64,11 +72,14 @@ class ImageStorage:
     writes by the worker pool, index lookups and records (with their ``stat`` calls) by
     one index thread. Every method returns an awaitable; none blocks the reactor."""
 
-    def __init__(self, root: Path, thumbs: dict[str, tuple[int, int]], max_pixels: int, max_age: float):
+    def __init__(self, root: Path, thumbs: dict[str, tuple[int, int]], max_pixels: int, max_age: float, *,
+                 file_names: str | None = None, near_distance: int | None = None, skip_near: bool = False):
         self.root = root
         self.thumbs = thumbs
         self.max_pixels = max_pixels
         self.max_age = max_age
+        self.file_names = file_names  # IMGCRAWL_FILE_NAME; None: full/<sha1 of url>.<ext>
+        self.near = (near_distance, skip_near)
         self.signature = json.dumps(sorted(thumbs.items()))  # which IMAGES_THUMBS made the thumbnails
         self.index_thread = BatchingThread("imgcrawl-index")
         self.workers: ProcessWorkers | ThreadWorkers | None = None
@@ -76,7 +87,9 @@ class ImageStorage:
 
     def open(self, workers: ProcessWorkers | ThreadWorkers, index: SQLiteIndex | RedisIndex) -> None:
         self.workers = workers
-        self.stored = StoredImages(index, self.root, self.signature, self.max_age)
+        self.stored = StoredImages(index, self.root, self.signature, self.max_age, *self.near)
+        if self.file_names:
+            self.index_thread.call(self._clear_staging)
 
     async def close(self) -> None:
         if self.workers is not None:
@@ -94,7 +107,8 @@ class ImageStorage:
 
     async def lookup(self, url: str, thumb_paths: dict[str, str], unrecorded: str | None = None) -> tuple[dict, str] | None:
         """``(record, how)`` for a fresh, complete stored image, None when it must be
-        downloaded. ``how``: "uptodate"; "rethumbed" when thumbnails made for other sizes
+        downloaded. ``how``: "uptodate"; "revalidate" when it is due again and is to be
+        fetched only if it changed (its record has the validators); "rethumbed" when thumbnails made for other sizes
         were made again from the stored original; "adopted" when the original was found with
         no record at the ``unrecorded`` path, under any extension an original may have (where
         a crawl killed before recording it wrote it), and is recorded now, its thumbnails
@@ -105,8 +119,10 @@ class ImageStorage:
         if found is None:
             return None
         state, record = found
-        if state == "uptodate":
-            return record, "uptodate"
+        if state in ("uptodate", "revalidate"):
+            return record, state
+        if self.file_names:
+            thumb_paths = self._named_thumbs(record["path"], thumb_paths)
         # Either way the thumbnails are made from the stored original, and its facts
         # (sha256, size) come from the file's own bytes, as after a download.
         try:
@@ -115,26 +131,89 @@ class ImageStorage:
             if state == "rethumb":
                 raise
             return None  # a leftover file we cannot take as is: download the image instead
-        made = self._record(url, record["path"], thumb_paths, facts)
+        made = self._record(url, record["path"], thumb_paths, facts, {k: record[k] for k in CARRIED if k in record})
         if state == "rethumb":
             await self._on_index_thread(self.stored.index.put, url, made)
             return made, "rethumbed"
-        return await self._on_index_thread(self.stored.keep, made, record["stored_at"]), "adopted"
+        kept, _ = await self._on_index_thread(self.stored.keep, made, record["stored_at"])
+        return kept, "adopted"
 
-    async def store(self, url: str, body: bytes, path: str, thumb_paths: dict[str, str]) -> tuple[dict, bool]:
-        """Check, store and record a downloaded image: ``(record, duplicate)``, where
-        ``duplicate`` means its bytes were already stored under another URL and are kept once."""
+    async def store(self, url: str, body: bytes, path: str, thumb_paths: dict[str, str], *,
+                    validators: dict | None = None, fields: dict | None = None) -> tuple[dict, str]:
+        """Check, store and record a downloaded image: ``(record, how)``, ``how`` as
+        :meth:`StoredImages.keep` says. ``validators``: the response's ETag/Last-Modified;
+        ``fields``: what IMGCRAWL_FILE_NAME names it by (``path``/``thumb_paths`` then unused)."""
+        if self.file_names:
+            return await self._store_named(url, body, fields or {}, validators)
         facts = await self._run("process_image", store_path(self.root, path), thumb_paths, body)
-        record = self._record(url, path, thumb_paths, facts)
-        kept = await self._on_index_thread(self.stored.keep, record)
-        return kept, kept["path"] != record["path"]
+        record = self._record(url, path, thumb_paths, facts, validators)
+        return await self._on_index_thread(self.stored.keep, record)
 
-    def _record(self, url: str, path: str, thumb_paths: dict[str, str], facts: dict) -> dict:
+    async def refresh(self, url: str, record: dict, validators: dict) -> dict:
+        """A stored image the server says is unchanged (304): fresh again for IMAGES_EXPIRES,
+        with any new validators it sent."""
+        fresh = {**record, **validators}
+        await self._on_index_thread(self.stored.index.put, url, fresh)
+        return fresh
+
+    def _record(self, url: str, path: str, thumb_paths: dict[str, str], facts: dict, extra: dict | None = None) -> dict:
         return {
             "url": url, "path": path, "checksum": facts["sha256"],
-            **{k: facts[k] for k in ("sha256", "format", "width", "height", "bytes")},
+            **{k: facts[k] for k in ("sha256", "format", "width", "height", "bytes", "phash")},
             "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]}, "thumbs_signature": self.signature,
+            **(extra or {}),
         }
+
+    # -- IMGCRAWL_FILE_NAME ----------------------------------------------------------
+
+    def _named_thumbs(self, path: str, thumb_paths: dict[str, str]) -> dict[str, str]:
+        """The thumbnails of the original ``full/<name>``: ``thumbs/<size>/<name>.jpg``."""
+        return {n: naming.thumb_path(path.removeprefix("full/"), n) for n in thumb_paths}
+
+    async def _store_named(self, url: str, body: bytes, fields: dict, validators: dict | None) -> tuple[dict, str]:
+        # The name may use the image's facts, known once a worker has decoded it: it writes
+        # to staging names, and the index thread names the files (a rename each).
+        token = os.urandom(8).hex()
+        staged = f"{STAGING}/{token}.{imaging.file_extension(url, body)}"
+        staged_thumbs = {n: f"{STAGING}/{token}-{n}.jpg" for n in self.thumbs}
+        facts = await self._run("process_image", store_path(self.root, staged), staged_thumbs, body)
+        return await self._on_index_thread(self._place, url, facts, fields, validators, staged, staged_thumbs)
+
+    def _place(self, url, facts, fields, validators, staged, staged_thumbs) -> tuple[dict, str]:
+        """On the index thread: the name the template gives (told apart from other URLs'
+        names if need be, see :func:`naming.candidates`), the staged files moved there, the
+        image recorded."""
+        wanted = naming.render(self.file_names, {
+            **fields, **{k: facts[k] for k in ("sha256", "width", "height")},
+            "ext": imaging.extension_for(facts["format"]),
+        })
+        try:
+            name = next((c for c in naming.candidates(wanted, url) if self.stored.index.claim(naming.claim_key(c), url)), None)
+            if name is None:
+                raise Failed("name-taken", f"full/{wanted} and the names that tell it apart are other images'")
+            path = f"full/{name}"
+            thumb_paths = self._named_thumbs(path, facts["thumbs"])
+            for temp, final in [(staged, path), *((staged_thumbs[n], thumb_paths[n]) for n in thumb_paths)]:
+                target = store_path(self.root, final)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(f"{self.root}/{temp}", target)
+        finally:
+            for temp in (staged, *staged_thumbs.values()):
+                (self.root / temp).unlink(missing_ok=True)
+        return self.stored.keep(self._record(url, path, thumb_paths, facts, validators))
+
+    def _clear_staging(self) -> None:
+        """Remove what crawls killed mid-image left in staging (not what one running is using)."""
+        try:
+            entries = list(os.scandir(self.root / STAGING))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if time.time() - entry.stat().st_mtime > STAGING_MAX_AGE:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
     def _inside(self, path: str) -> bool:
         try:

@@ -191,6 +191,7 @@ class GallerySpider(scrapy.Spider):
         if not isinstance(response, TextResponse):
             return
         seen: set[str] = set()
+        page_title = response.xpath("normalize-space((//title)[1])").get() or None
         for position, candidate in enumerate(self.image_candidates(response)):
             if self.enough_images():
                 break
@@ -205,6 +206,7 @@ class GallerySpider(scrapy.Spider):
                 position=position,
                 alt=candidate.alt,
                 title=candidate.title,
+                page_title=page_title,
             )
         pages = list(self.next_pages(response))
         hops = response.meta.get("detail_hops", 0)
