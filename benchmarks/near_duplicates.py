@@ -32,16 +32,12 @@ from PIL import Image  # noqa: E402
 
 from corpus import make_photo  # noqa: E402
 from imgcrawl import imaging  # noqa: E402
+from imgcrawl.demo import encode  # noqa: E402
 from imgcrawl.phash import NearIndex, distance, from_hex, phash  # noqa: E402
 
 THUMB = (256, 256)
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 
-
-def encode(image: Image.Image, fmt: str, **params) -> bytes:
-    buf = BytesIO()
-    image.save(buf, fmt, **params)
-    return buf.getvalue()
 
 
 def variants(original: bytes) -> dict[str, bytes]:

@@ -43,6 +43,7 @@ class Progress:
         self.stats = crawler.stats
         self.interval = interval
         self.pages = self.stored = self.skipped = self.failed = self.bytes = 0
+        self.near_duplicates = self.near_skipped = 0  # near_skipped: not stored (IMGCRAWL_SKIP_NEAR_DUPLICATES)
         self.failures: dict[str, list] = {}  # reason -> [count, first URL]; bounded by reasons
         self.task = None
 
@@ -70,7 +71,11 @@ class Progress:
     def item_scraped(self, item, response, spider) -> None:
         adapter = ItemAdapter(item)
         status = adapter.get("status")
-        if status in STORED:
+        if adapter.get("near_duplicate_of"):
+            self.near_duplicates += 1
+        if status == "skipped":
+            self.near_skipped += 1
+        elif status in STORED:
             self.stored += 1
             self.bytes += adapter.get("bytes") or 0
         elif status in SKIPPED:
@@ -82,7 +87,7 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.stored + self.skipped + self.failed
+        return self.stored + self.skipped + self.failed + self.near_skipped
 
     def queue_depth(self, spider) -> tuple[int, int]:
         """(pages waiting in the scheduler, images queued by the spider but not finished)."""
@@ -136,6 +141,7 @@ class Progress:
         lines += [
             f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(self.failures.items())
         ]
+        lines += self.recrawl_lines()
         lines.append(f"  originals: {store / 'full'}  thumbnails: {store / 'thumbs'}")
         feeds = [fill_feed_uri(uri, store, spider.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:
@@ -143,6 +149,19 @@ class Progress:
             lines.append(f"  manifest: {', '.join(feeds)}" + (
                 f" ({lost} lines not written: the next crawl writes them)" if lost else ""))
         return "\n".join(lines)
+
+
+    def recrawl_lines(self) -> list[str]:
+        """What conditional requests saved and the near-duplicates found, when there were any."""
+        lines = []
+        not_modified = self.stats.get_value("imgcrawl/not_modified", 0)
+        if not_modified:
+            saved = self.stats.get_value("imgcrawl/not_modified_bytes", 0)
+            lines.append(f"  not modified (304): {not_modified} images, {saved / MB:.1f} MB not downloaded again")
+        if self.near_duplicates:
+            lines.append(f"  near-duplicates: {self.near_duplicates}" + (
+                f" ({self.near_skipped} not stored: IMGCRAWL_SKIP_NEAR_DUPLICATES)" if self.near_skipped else ""))
+        return lines
 
 
 class ContactSheet:

@@ -276,7 +276,9 @@ class StoredImages:
             self._forget_overwritten(previous[0]["sha256"], record["path"])
         how = "stored"
         holder = self.index.holder(record["sha256"])
-        if holder and holder["url"] != record["url"] and (shared := self._share_files(record, holder)):
+        # Once kept at a path, those bytes stay there: a later download of them (by another
+        # URL, or by this one after another URL's record took them over) points at it.
+        if holder and holder["path"] != record["path"] and (shared := self._share_files(record, holder)):
             record, how = shared, "duplicate"
         if self.near is not None and record.get("phash"):
             record, how = self._near_duplicate(record, how)
