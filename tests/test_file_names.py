@@ -4,7 +4,9 @@ same way on every crawl, and dedup and "already stored" keep working; checked on
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import time
 from pathlib import PurePosixPath
 
 import pytest
@@ -137,6 +139,12 @@ def test_collisions_get_the_same_names_on_every_crawl_and_dedup_still_works(tmp_
     images = {"/a/x.jpg": bodies[0], "/b/x.jpg": bodies[1], "/c/X.jpg": bodies[2], "/d/copy.jpg": bodies[0]}
     site = LocalSite({"/gallery/": ("text/html", "".join(f'<img src="{p}">' for p in images).encode()),
                       **{p: ("image/jpeg", body) for p, body in images.items()}}).start()
+    # What a crawl killed mid-image left in staging an hour ago goes; a running crawl's stays.
+    staging = tmp_path / "store" / ".imgcrawl" / "staging"
+    staging.mkdir(parents=True)
+    (staging / "left.jpg").write_bytes(b"x")
+    os.utime(staging / "left.jpg", (time.time() - 7200, time.time() - 7200))
+    (staging / "in-use.jpg").write_bytes(b"y")
     try:
         first = crawl(site, tmp_path, "{name}.{ext}").manifest()
         hits = dict(site.hits)
@@ -147,6 +155,7 @@ def test_collisions_get_the_same_names_on_every_crawl_and_dedup_still_works(tmp_
         refetched = result.manifest()[len(first) + len(again):]
     finally:
         site.stop()
+    assert sorted(p.name for p in staging.iterdir()) == ["in-use.jpg"]
     paths = {line["url"]: line["path"] for line in first if line["status"] == "downloaded"}
     assert len(paths) == len(images)
     # x.jpg, x.jpg and X.jpg (one name on a case-insensitive disk): whichever claims it first

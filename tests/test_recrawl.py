@@ -265,3 +265,14 @@ def test_benchmark_server_answers_304_to_its_etag(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_only_bounded_well_formed_validators_are_kept():
+    from imgcrawl import conditional
+
+    assert conditional.validators({b"ETag": b'W/"abc"', b"Last-Modified": LAST_MODIFIED.encode()}) == {
+        "etag": 'W/"abc"', "last_modified": LAST_MODIFIED}
+    assert conditional.validators({b"ETag": b'"' + b"a" * 2000 + b'"'}) == {}  # oversized
+    assert conditional.validators({b"ETag": b'"a\x01b"', b"Last-Modified": b"yesterday"}) == {}
+    assert conditional.validators({}) == {}
+    assert conditional.request_headers({"etag": '"e"'}) == {"If-None-Match": '"e"'}
