@@ -128,3 +128,22 @@ def test_an_index_made_before_validators_is_brought_up_to_date(tmp_path):
         assert json.loads(db.execute("SELECT record FROM images WHERE url = 'http://a/2.jpg'").fetchone()[0]) == {
             **old, "url": "http://a/2.jpg"}
     db.close()
+
+
+def test_bytes_stay_where_they_were_first_kept(tmp_path):
+    """A URL whose bytes another URL had already stored points at that file; downloaded
+    again, it still does (the holder of the bytes is now its own record, naming that file)."""
+    from imgcrawl.index import StoredImages
+
+    stored = StoredImages(SQLiteIndex(tmp_path / "index.sqlite"), tmp_path, "sig", 1e9)
+
+    def kept(url: str, path: str) -> dict:
+        (tmp_path / path).write_bytes(b"same bytes")  # what the worker wrote for it
+        record, _ = stored.keep({"url": url, "path": path, "thumbs": {}, "sha256": "ab", "thumbs_signature": "sig"})
+        return record
+
+    assert kept("http://a/1.jpg", "a.jpg")["path"] == "a.jpg"
+    for _ in range(2):
+        assert kept("http://d/copy.jpg", "copy.jpg")["path"] == "a.jpg"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".jpg") == ["a.jpg"]
+    stored.index.close()
