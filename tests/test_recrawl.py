@@ -4,7 +4,6 @@ what is sent, what comes back, what is stored, proven by the server's own record
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import sqlite3
 import threading
@@ -231,40 +230,6 @@ def test_a_304_with_a_body_fails_with_a_reason_and_loses_nothing_else(make_site,
     for n in (0, 1):
         first_line = [x for x in lines[site.url(f"/img/{n}.jpg")] if x["status"] == "downloaded"][0]
         assert (again.store / first_line["path"]).read_bytes() == bodies[n]
-
-
-def test_benchmark_server_answers_304_to_its_etag(tmp_path):
-    """benchmarks/server.py (the re-crawl bytes figure) keeps ETags and answers 304."""
-    import http.client
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from corpus import ensure_corpus
-
-    corpus = ensure_corpus("small", tmp_path, count=3)
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "server.py"), str(corpus), "--images", "3",
-                             "--latency", "0", "--connect", "0"], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline().split()[1])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/img/1.jpg")
-        first = conn.getresponse()
-        body, etag = first.read(), first.getheader("ETag")
-        assert first.status == 200 and etag and first.getheader("Last-Modified")
-        conn.request("GET", "/img/1.jpg", headers={"If-None-Match": etag})
-        second = conn.getresponse()
-        assert second.status == 304 and second.read() == b""
-        conn.request("GET", "/img/1.jpg", headers={"If-None-Match": '"other"'})
-        assert conn.getresponse().read() == body
-        conn.request("GET", "/__stats")
-        stats = json.loads(conn.getresponse().read())
-        assert stats["image_bytes"] == 2 * len(body) and stats["not_modified"] == 1, stats
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_only_bounded_well_formed_validators_are_kept():
