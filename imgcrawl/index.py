@@ -21,11 +21,16 @@ from pathlib import Path
 from imgcrawl import phash
 from imgcrawl.phash import NearIndex
 
+# One transaction: a new index costs each page once (in the WAL), not once per table.
 SCHEMA = """
+BEGIN;
 CREATE TABLE IF NOT EXISTS images (
     url TEXT PRIMARY KEY,
     record TEXT NOT NULL,
-    stored_at REAL NOT NULL
+    stored_at REAL NOT NULL,
+    etag TEXT,
+    last_modified TEXT,
+    phash TEXT
 );
 CREATE TABLE IF NOT EXISTS contents (
     sha256 TEXT PRIMARY KEY,
@@ -35,18 +40,15 @@ CREATE TABLE IF NOT EXISTS names (
     name TEXT PRIMARY KEY,
     url TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS phashes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    url TEXT NOT NULL,
-    phash TEXT NOT NULL
-);
+COMMIT;
 """
-# Columns added to ``images`` after its first release; an index made before them gets them
-# when it is opened (NULL in its old rows: those images have no validators yet).
-ADDED_COLUMNS = {"etag": "TEXT", "last_modified": "TEXT"}
+# Columns added to ``images`` after its first release (in SCHEMA for a new index); an index
+# made before them gets them when it is opened (NULL in its old rows: no validators, and no
+# hash to find near-duplicates by, until each image is stored again).
+ADDED_COLUMNS = {"etag": "TEXT", "last_modified": "TEXT", "phash": "TEXT"}
 # What the server said an image's bytes are (ETag, Last-Modified): kept in their columns, and
 # in the record get() returns, never in the stored record text.
-VALIDATORS = tuple(ADDED_COLUMNS)
+VALIDATORS = ("etag", "last_modified")
 
 
 def without_validators(record: dict) -> dict:
@@ -55,6 +57,14 @@ def without_validators(record: dict) -> dict:
 
 def with_validators(record: dict, values) -> dict:
     return {**record, **{k: v for k, v in zip(VALIDATORS, values) if v is not None}}
+
+
+def compared_by(record: dict | None) -> str | None:
+    """The hash later images are compared with for near-duplicates: that of an image that
+    resembles no earlier one; None for a near-duplicate, or an image with no hash."""
+    if not record or not record.get("phash") or record.get("near_duplicate_of"):
+        return None
+    return record["phash"]
 
 
 OPEN_ATTEMPTS = 100  # a few seconds of another crawl holding the new database's lock
@@ -76,6 +86,8 @@ class SQLiteIndex:
                 self._add_columns()
                 break
             except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.rollback()
                 # Two crawls opening a new store at once: switching it to WAL takes a lock
                 # that SQLite's busy timeout does not wait for. The loser tries again.
                 if (exc.sqlite_errorcode or 0) & 0xFF != sqlite3.SQLITE_BUSY or attempt == OPEN_ATTEMPTS - 1:
@@ -107,8 +119,9 @@ class SQLiteIndex:
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT OR REPLACE INTO images (url, record, stored_at, etag, last_modified) VALUES (?, ?, ?, ?, ?)",
-                (url, text, stored_at or time.time(), *(record.get(k) for k in VALIDATORS)),
+                "INSERT OR REPLACE INTO images (url, record, stored_at, etag, last_modified, phash) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (url, text, stored_at or time.time(), *(record.get(k) for k in VALIDATORS), compared_by(record)),
             )
             if record.get("sha256"):
                 self._db.execute(
@@ -126,14 +139,15 @@ class SQLiteIndex:
             self._db.execute("INSERT OR IGNORE INTO names (name, url) VALUES (?, ?)", (name, url))
             return self._db.execute("SELECT url FROM names WHERE name = ?", (name,)).fetchone()[0] == url
 
-    def add_phash(self, url: str, phash: str) -> None:
-        """Log ``url``'s hash for every crawl's near-duplicate lookup ("" takes it out)."""
-        self._db.execute("INSERT INTO phashes (url, phash) VALUES (?, ?)", (url, phash))
-
     def phashes_since(self, seen: int) -> tuple[list[tuple[str, str]], int]:
-        """The hashes logged after the first ``seen``, and how many are seen then."""
-        rows = self._db.execute("SELECT seq, url, phash FROM phashes WHERE seq > ? ORDER BY seq", (seen,)).fetchall()
-        return [(url, phash) for _, url, phash in rows], (rows[-1][0] if rows else seen)
+        """What changed since ``seen``, and the ``seen`` to ask with next: ``(url, hex)`` to
+        compare later images with that URL's image, ``(url, "")`` not to. A record written
+        again gets a new rowid, so rows past ``seen`` are those written since (no log to keep:
+        the hash is a column of the row the record is in anyway)."""
+        rows = self._db.execute(
+            "SELECT rowid, url, phash FROM images WHERE rowid > ? ORDER BY rowid", (seen,)
+        ).fetchall()
+        return [(url, phash or "") for _, url, phash in rows], (rows[-1][0] if rows else seen)
 
     def holder(self, sha256: str) -> dict | None:
         """The last stored record with these bytes (any URL), or None."""
@@ -172,10 +186,14 @@ class RedisIndex:
     def put(self, url: str, record: dict, stored_at: float | None = None) -> None:
         kept = without_validators(record)
         entry = {"record": kept, "stored_at": stored_at or time.time(), **{k: record.get(k) for k in VALIDATORS}}
-        with self._redis.pipeline() as tx:  # MULTI/EXEC: both hashes or neither
+        before = self.get(url)
+        compared = compared_by(record)
+        with self._redis.pipeline() as tx:  # MULTI/EXEC: all of it or none
             tx.hset(self.key, url, json.dumps(entry, sort_keys=True))
             if record.get("sha256"):
                 tx.hset(self.contents_key, record["sha256"], json.dumps(kept, sort_keys=True))
+            if compared != compared_by(before[0] if before else None):  # the log has changes only
+                tx.rpush(self.phashes_key, json.dumps([url, compared or ""]))
             tx.execute()
 
     def forget_holder(self, sha256: str) -> None:
@@ -186,10 +204,9 @@ class RedisIndex:
             return True
         return self._redis.hget(self.names_key, name) == url.encode()
 
-    def add_phash(self, url: str, phash: str) -> None:
-        self._redis.rpush(self.phashes_key, json.dumps([url, phash]))
-
     def phashes_since(self, seen: int) -> tuple[list[tuple[str, str]], int]:
+        """As :meth:`SQLiteIndex.phashes_since`, from a log each worker appends to when a
+        URL's hash to compare with changes."""
         rows = [tuple(json.loads(raw)) for raw in self._redis.lrange(self.phashes_key, seen, -1)]
         return rows, seen + len(rows)
 
@@ -223,7 +240,7 @@ class StoredImages:
         self.max_age = max_age  # seconds (IMAGES_EXPIRES)
         self.near = NearIndex(near_distance) if near_distance is not None else None
         self.skip_near = skip_near
-        self.near_seen = 0  # entries of the index's hash log already in self.near
+        self.near_seen = 0  # where the index's changes to the hashes were last read up to
 
     def _present(self, paths) -> bool:
         return all((self.root / p).exists() for p in paths)
@@ -305,17 +322,15 @@ class StoredImages:
         return {**record, "path": other["path"], "thumbs": other["thumbs"]}
 
     def _near_duplicate(self, record: dict, how: str) -> tuple[dict, str]:
+        """Marked if it resembles an earlier image (and pointed at its files when skipping);
+        else later images are compared with it. The index keeps which (``compared_by``)."""
         url, value = record["url"], phash.from_hex(record["phash"])
         self._catch_up()
         found = self.near.nearest(value, exclude=url)
-        if found is None:  # resembles nothing earlier: others are compared with it
-            if self.near.hash_of(url) != value:
-                self.near.add(url, value)
-                self.index.add_phash(url, record["phash"])
+        if found is None:
+            self.near.add(url, value)
             return record, how
-        if self.near.hash_of(url) is not None:  # it changed into a copy of another
-            self.near.remove(url)
-            self.index.add_phash(url, "")
+        self.near.remove(url)  # in case it was compared with before it changed
         record = {**record, "near_duplicate_of": found[0]}
         if self.skip_near and how == "stored":
             earlier = self.index.get(found[0])

@@ -85,15 +85,22 @@ def test_a_name_is_claimed_once(reopen):
     assert other.claim("host/a~1234", "http://a/2.jpg")
 
 
-def test_the_phash_log_is_read_from_where_each_reader_left_off(reopen):
+def test_the_hashes_to_compare_with_are_read_from_where_each_reader_left_off(reopen):
     index, other = reopen(), reopen()
-    assert other.phashes_since(0) == ([], 0)
-    index.add_phash("http://a/1.jpg", "00000000000000ff")
+    assert other.phashes_since(0)[0] == []
+    index.put("http://a/1.jpg", {"url": "http://a/1.jpg", "phash": "00000000000000ff"})
     rows, seen = other.phashes_since(0)
     assert rows == [("http://a/1.jpg", "00000000000000ff")]
-    index.add_phash("http://a/2.jpg", "ff00000000000000")
-    index.add_phash("http://a/1.jpg", "")
-    assert other.phashes_since(seen)[0] == [("http://a/2.jpg", "ff00000000000000"), ("http://a/1.jpg", "")]
+    index.put("http://a/2.jpg", {"url": "http://a/2.jpg", "phash": "ff00000000000000"})
+    # A near-duplicate is not compared with; an image that became one no longer is.
+    index.put("http://a/3.jpg", {"url": "http://a/3.jpg", "phash": "ff00000000000001",
+                                 "near_duplicate_of": "http://a/2.jpg"})
+    index.put("http://a/1.jpg", {"url": "http://a/1.jpg", "phash": "00000000000000fe",
+                                 "near_duplicate_of": "http://a/2.jpg"})
+    changes = dict(other.phashes_since(seen)[0])
+    assert changes.get("http://a/3.jpg", "") == "" and changes["http://a/1.jpg"] == ""
+    assert changes["http://a/2.jpg"] == "ff00000000000000"
+    assert dict(other.phashes_since(0)[0]) == {**changes, "http://a/1.jpg": ""}
 
 
 # The schema of the index as the releases before validators made it.
@@ -118,7 +125,8 @@ def test_an_index_made_before_validators_is_brought_up_to_date(tmp_path):
     assert index.get(old["url"]) == (old, 100.0)  # no validators yet: re-crawled as before
     index.put("http://a/2.jpg", {**old, "url": "http://a/2.jpg", "etag": '"e"'}, stored_at=5.0)
     assert index.get("http://a/2.jpg")[0]["etag"] == '"e"'
-    assert index.claim("n", "http://a/2.jpg") and index.phashes_since(0) == ([], 0)
+    assert index.claim("n", "http://a/2.jpg")
+    assert index.phashes_since(0)[0] == [(old["url"], ""), ("http://a/2.jpg", "")]
     index.close()
     again = SQLiteIndex(path)  # opened again: nothing left to add
     assert again.get("http://a/2.jpg")[0]["etag"] == '"e"'
