@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -192,6 +193,9 @@ class LocalManifest:
         self.history = self.path.parent / "crawls"
         self.pending = self.history / "pending"
         self.lock_path = self.history / f".{self.path.stem}.lock"
+        # This manifest's journals only: another manifest in the directory may be named
+        # like one of them with more after (manifest-a.jsonl beside manifest.jsonl).
+        self.journal_name = re.compile(re.escape(self.path.stem) + r"-\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}\.jsonl")
 
     def open_journal(self) -> tuple[int, Path]:
         """A new journal for this crawl (O_APPEND), locked while the descriptor is open."""
@@ -254,6 +258,8 @@ class LocalManifest:
         """The pending journals whose crawl has ended, oldest first, each locked by us."""
         ended = []
         for path in sorted(self.pending.glob(f"{self.path.stem}-*.jsonl")):
+            if not self.journal_name.fullmatch(path.name):
+                continue
             try:
                 fd = os.open(path, os.O_RDWR | O_CLOEXEC)
             except FileNotFoundError:

@@ -328,6 +328,10 @@ def test_merge_takes_ended_journals_and_leaves_running_ones(tmp_path):
     os.close(running)  # that crawl ends: the next merge takes it
     assert manifest.merge().journals == [manifest.history / still_running.name]
     assert [json.loads(line)["url"] for line in manifest.path.read_bytes().splitlines()] == ["a", "b", "d"]
+    # Another manifest in the same directory keeps its journals to itself.
+    other = LocalManifest(tmp_path / "manifest-b.jsonl")
+    os.close(write_journal(other, [jl("x", "P", 0)])[0])
+    assert manifest.merge().journals == [] and other.merge().images == 1
     # overwrite (FEEDS "overwrite": True): the newest journal alone makes the manifest.
     os.close(write_journal(manifest, [jl("e", "P", 0)])[0])
     manifest.merge(overwrite=True)
