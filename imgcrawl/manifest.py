@@ -568,8 +568,9 @@ class ManifestFileStorage(FileFeedStorage):
                            self.manifest.history / path.name)
         for path, count in report.bad_lines.items():
             logger.warning("Left %d lines of %s out of the manifest: not JSON objects with a url", count, path)
-        logger.info("Manifest: %d images in %s (%d crawl journals merged, kept in %s)",
-                    report.images, self.path, len(report.journals), self.manifest.history)
+        crawls = len(report.journals)
+        logger.info("Manifest: %d images in %s (merged the lines of %d crawl%s; each crawl's lines are kept in %s)",
+                    report.images, self.path, crawls, "" if crawls == 1 else "s", self.manifest.history)
 
     def _not_merged(self, failure):
         if not failure.check(OSError, sqlite3.Error):
