@@ -150,6 +150,15 @@ def test_crawl_with_an_unknown_site_stops_with_one_line(tmp_path):
     assert "'finish_reason': 'bad_argument'" in result.log
 
 
+def test_documented_profile_example_is_a_valid_profile(tmp_path):
+    section = (Path(__file__).resolve().parent.parent / "docs" / "add-your-site.md").read_text()
+    toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    profile = sites.load_profile(write(tmp_path, toml))
+    assert profile.items == "div.gallery figure" and profile.settings["DOWNLOAD_DELAY"] == 0.5
+    assert profile.image_url("https://cdn.photos.example/uploads/a_thumb.jpg?w=300") == (
+        "https://cdn.photos.example/uploads/a_full.jpg")
+
+
 def test_docs_profile_example_is_a_valid_profile(tmp_path):
     docs = (Path(__file__).resolve().parent.parent / "docs" / "sites.md").read_text()
     toml = re.search(r"```toml\n(# mysite.toml\n.*?)```", docs, re.S).group(1)
