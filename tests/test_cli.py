@@ -72,7 +72,8 @@ def test_help_lists_the_commands_with_examples_and_loads_no_scrapy(tmp_path):
 
 
 def test_crawl_from_any_directory_with_a_brief_start_and_the_summary_last(demo_site, tmp_path):
-    proc = imgcrawl(tmp_path, "crawl", demo_site.url("/gallery/"), "--max-images", "5", *ALLOW_LOCAL)
+    secrets = ("-s", "AWS_SECRET_ACCESS_KEY=hunter2", "-s", "HOOK_URL=https://bot:hunter3@hooks.example/x")
+    proc = imgcrawl(tmp_path, "crawl", demo_site.url("/gallery/"), "--max-images", "5", *ALLOW_LOCAL, *secrets)
     assert proc.returncode == exitstatus.OK, proc.stderr[-3000:]
     # DIR defaults to ./images; the files are the bytes the site served.
     served = {hashlib.sha256(body).hexdigest() for path, (_, body) in build_gallery().items() if path.startswith("/img/")}
@@ -86,7 +87,9 @@ def test_crawl_from_any_directory_with_a_brief_start_and_the_summary_last(demo_s
     assert len(start) <= 3, "\n".join(start)
     assert f"images to {tmp_path / 'images'}" in start[0] and "imgcrawl 0.1.0 (Scrapy 2." in start[0]
     assert f"Crawling {demo_site.url('/gallery/')} | at most 5 images" in start[1]
-    assert "IMGCRAWL_ALLOW_PRIVATE=True" in start[2]
+    assert start[2] == (start[2].split(" INFO: ")[0] + " INFO: Settings given: AWS_SECRET_ACCESS_KEY=***, "
+                        "HOOK_URL=https://bot:***@hooks.example/x, IMGCRAWL_ALLOW_PRIVATE=True")
+    assert "hunter" not in proc.stderr
     for detail in ("Versions:", "Enabled extensions", "Overridden settings", "Dumping Scrapy stats", "Spider closed"):
         assert detail not in proc.stderr, detail
     assert "Summary (finished): 5 images stored" in logged[-1][2], logged[-3:]

@@ -66,7 +66,7 @@ def test_terminal_shows_one_live_display_naming_the_stalled_image(stalling_site,
     assert exe, "the imgcrawl console script is not installed (pip install -e .)"
     status, screen = run_on_terminal(
         [exe, "crawl", stalling_site.url("/gallery/"), "-o", str(tmp_path / "images"),
-         "-s", "IMGCRAWL_ALLOW_PRIVATE=True", "-s", "IMGCRAWL_STALLED_AFTER=0.5"],
+         "-s", "IMGCRAWL_ALLOW_PRIVATE=True", "-s", "IMGCRAWL_STALLED_AFTER=0.5", "-s", "IMGCRAWL_PROGRESS_INTERVAL=0.5"],
         tmp_path, CRAWL_TIMEOUT,
     )
     assert status == exitstatus.OK, screen[-3000:]
