@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from conftest import REPO, free_port
+from imgcrawl import exitstatus
 from test_crawl import expected_images
 from test_example_spiders import SPIDER_FIXTURES, serve
 
@@ -153,7 +154,8 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
     print(f"\nscrapyd: deploy + three jobs in {time.monotonic() - started:.1f} s")
 
     log = (home / "logs" / "imgcrawl" / "gallery" / f"{good['jobid']}.log").read_text()
-    assert "'finish_reason': 'finished'" in log and "Traceback" not in log, log[-3000:]
+    # The job runs with the brief log a user gets: the summary (with the close reason) is last.
+    assert "Summary (finished): 18 images stored" in log and "Traceback" not in log, log[-3000:]
     items = [json.loads(line) for line in
              (home / "items" / "imgcrawl" / "gallery" / f"{good['jobid']}.jl").read_text().splitlines()]
     by_url = {item["url"]: item for item in items}
@@ -168,13 +170,17 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
     bad_log = (home / "logs" / "imgcrawl" / "gallery" / f"{bad['jobid']}.log").read_text()
     errors = [line for line in bad_log.splitlines() if " ERROR: " in line]
     assert len(errors) == 1 and "bad -a max_images='lots'" in errors[0], errors
-    assert "'finish_reason': 'bad_argument'" in bad_log and "Traceback" not in bad_log
+    assert "Summary (bad_argument)" in bad_log and "Traceback" not in bad_log
+    # scrapyd runs `scrapy crawl`, so it sees imgcrawl's exit status: the bad job "died".
+    daemon_log = (home / "scrapyd.log").read_text()
+    assert re.search(rf"Process finished: .*job='{good['jobid']}'", daemon_log), daemon_log[-3000:]
+    assert re.search(rf"Process died: exitstatus={exitstatus.USAGE} .*job='{bad['jobid']}'", daemon_log), daemon_log[-3000:]
 
     # The profile was found in the egg, and without IMAGES_STORE the images went to
     # "images" in scrapyd's working directory (the jobs' too).
     wp_log = (home / "logs" / "imgcrawl" / "gallery" / f"{wordpress['jobid']}.log").read_text()
     assert "Site profile wordpress: WordPress gallery blocks" in wp_log, wp_log[-3000:]
-    assert "'finish_reason': 'finished'" in wp_log and "Traceback" not in wp_log, wp_log[-3000:]
+    assert "Summary (finished)" in wp_log and "Traceback" not in wp_log, wp_log[-3000:]
     wp_items = [json.loads(line) for line in
                 (home / "items" / "imgcrawl" / "gallery" / f"{wordpress['jobid']}.jl").read_text().splitlines()]
     assert {item["url"][len(wp_site.url("")):] for item in wp_items} == wp_expected
