@@ -3,6 +3,8 @@
 BOT_NAME = "imgcrawl"
 SPIDER_MODULES = ["imgcrawl.spiders"]
 NEWSPIDER_MODULE = "imgcrawl.spiders"
+# `scrapy crawl` exits non-zero when a crawl did not do its job (imgcrawl/exitstatus.py).
+COMMANDS_MODULE = "imgcrawl.commands"
 
 # Honest: names the tool, so sites can identify and throttle us. Add a contact URL for your
 # crawl with -s USER_AGENT="imgcrawl/0.1 (+https://you.example/bot)".
@@ -126,9 +128,11 @@ IMGCRAWL_NEAR_DUPLICATE_DISTANCE = 10
 # A near-duplicate is stored like any image unless this is True: then it is not stored, and
 # its manifest line (status "skipped") names the earlier image's files.
 IMGCRAWL_SKIP_NEAR_DUPLICATES = False
-# The manifest: one JSON line per image, next to the images. %(name)s is the spider name.
+# The manifest next to the images: one JSON line per image URL, its latest state, in page
+# order. Each crawl writes its lines to a journal of its own (crawls/pending/) as images are
+# stored and merges it into manifest.jsonl when it ends (docs/manifest.md).
 FEEDS = {
-    "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False},
+    "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False, "imgcrawl_per_image": True},
 }
 FEED_URI_PARAMS = "imgcrawl.manifest.manifest_uri_params"
 # Local manifests are written a whole line at a time as each image is stored; a full disk
@@ -139,7 +143,7 @@ FEED_STORAGES = {"": "imgcrawl.manifest.ManifestFileStorage", "file": "imgcrawl.
 FEED_STORE_EMPTY = False
 # The manifest's columns (CSV via -o images.csv gets the same ones).
 FEED_EXPORT_FIELDS = [
-    "url", "page_url", "alt", "title", "status", "reason", "path", "sha256",
+    "url", "page_url", "position", "alt", "title", "status", "reason", "path", "sha256",
     "format", "width", "height", "bytes", "thumbs", "phash", "near_duplicate_of",
 ]
 # CSV's thumbs column as JSON ({"small": "thumbs/small/….jpg"}), not a Python repr.
@@ -161,3 +165,11 @@ EXTENSIONS = {
 # Scrapy's stats without their per-attribute deprecation shim, a cost paid on every request.
 STATS_CLASS = "imgcrawl.compat.StatsCollector"
 IMGCRAWL_PROGRESS_INTERVAL = 10
+# On a terminal (stderr a TTY) one live display replaces the progress lines; False keeps them.
+IMGCRAWL_LIVE_PROGRESS = True
+# A request in flight this many seconds is named in the progress display and line: a
+# stalled download otherwise shows only as a rate of 0.
+IMGCRAWL_STALLED_AFTER = 5
+# Scrapy's version table, component lists, overridden settings and stats dump at DEBUG, so
+# the start is a few lines and the summary is the last; False logs them at INFO as Scrapy does.
+IMGCRAWL_BRIEF_LOG = True

@@ -146,18 +146,26 @@ class CrawlResult:
     store: Path
 
     def manifest(self) -> list[dict]:
+        """The merged manifest: one line per image URL, its latest state."""
         path = self.store / "manifest.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def crawl_lines(self, index: int = -1) -> list[dict]:
+        """The lines one crawl wrote, in the order written: its journal in the manifest's
+        history (``crawls/``, oldest first; -1 is the latest crawl into this store)."""
+        journals = sorted((self.store / "crawls").glob("manifest-*.jsonl"))
+        return [json.loads(line) for line in journals[index].read_text().splitlines() if line.strip()]
 
 
 def crawl_command(store: Path, *args: str, spider: str = "gallery",
                   settings: dict | None = None) -> tuple[list[str], dict]:
     """The ``scrapy crawl`` command line and environment that :func:`run_crawl` runs."""
     cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
-    # The local test sites are on 127.0.0.1: lift the SSRF guard unless a test sets it.
-    for name, value in {"IMGCRAWL_ALLOW_PRIVATE": True, **(settings or {})}.items():
+    # The local test sites are on 127.0.0.1: lift the SSRF guard unless a test sets it. Tests
+    # read the crawl's stats from Scrapy's stats dump: keep it at INFO (IMGCRAWL_BRIEF_LOG).
+    for name, value in {"IMGCRAWL_ALLOW_PRIVATE": True, "IMGCRAWL_BRIEF_LOG": False, **(settings or {})}.items():
         cmd += ["-s", f"{name}={value}"]
     cmd += list(args)
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO)}
