@@ -33,8 +33,9 @@ def stat(log: str, name: str) -> int:
 
 def crawl(server: Server, store: Path, *settings: str) -> dict:
     server.reset()
+    # The stats are read from Scrapy's stats dump, logged at INFO without the brief log.
     cmd = [PY, "-m", "scrapy", "crawl", "gallery", "-a", f"url={server.base}/gallery/",
-           "-s", f"IMAGES_STORE={store}", "-s", "IMGCRAWL_ALLOW_PRIVATE=True"]
+           "-s", f"IMAGES_STORE={store}", "-s", "IMGCRAWL_ALLOW_PRIVATE=True", "-s", "IMGCRAWL_BRIEF_LOG=False"]
     for setting in settings:
         cmd += ["-s", setting]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
