@@ -14,6 +14,9 @@ ROBOTSTXT_OBEY = True
 # tasks and count as transferring only once they run, so more connections open than the
 # limit and keep-alive churns. Epoll keeps the limit exact (measured: benchmarks/README.md).
 TWISTED_REACTOR = "twisted.internet.epollreactor.EPollReactor"
+# Scrapy's downloader with that leak closed, for crawls that run on the asyncio reactor
+# (-a render=browser, see imgcrawl/render.py): the per-host limit holds on both reactors.
+DOWNLOADER = "imgcrawl.compat.Downloader"
 
 # Per-host concurrency is also the keep-alive pool size (maxPersistentPerHost), so every
 # slot of concurrency reuses one kept connection instead of opening and closing extras.
