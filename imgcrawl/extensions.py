@@ -23,7 +23,7 @@ from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from imgcrawl import contact_sheet
+from imgcrawl import contact_sheet, render
 from imgcrawl.failures import store_failure
 from imgcrawl.manifest import LOST_STAT, fill_feed_uri
 from imgcrawl.workerpool import BatchingThread
@@ -136,6 +136,10 @@ class Progress:
         lines += [
             f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(self.failures.items())
         ]
+        hinted = self.stats.get_value(render.HINT_STAT, 0)
+        if hinted:
+            lines.append(f"  {hinted} page{'s' if hinted > 1 else ''} had no image in their HTML but scripts "
+                         "that build them: crawl again with -a render=browser (docs/render.md)")
         lines.append(f"  originals: {store / 'full'}  thumbnails: {store / 'thumbs'}")
         feeds = [fill_feed_uri(uri, store, spider.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:

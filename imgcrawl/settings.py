@@ -76,6 +76,22 @@ IMGCRAWL_MAX_HEADER_BYTES = 64 * 1024
 # they fill this, no image download starts and no compressed one is decompressed. The image
 # count bound alone let large or decompressed bodies add up to gigabytes.
 IMGCRAWL_MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
+# -a render=browser (imgcrawl/render.py, imgcrawl/browser.py): pages rendered in headless
+# Chromium. The browser (Debian's chromium; Playwright's own download is never used):
+IMGCRAWL_BROWSER = "/usr/bin/chromium"
+# Pages rendered at once: each is a renderer process of 50-200 MB.
+IMGCRAWL_RENDER_PAGES = 2
+# Seconds a page may take to load before it fails (as a page that timed out).
+IMGCRAWL_RENDER_TIMEOUT = 30
+# Scrolling and "Load more" clicks per page stop after a round that adds no image, or after
+# this many seconds or rounds, whichever comes first.
+IMGCRAWL_RENDER_SCROLL_TIME = 20
+IMGCRAWL_RENDER_SCROLLS = 50
+# Each renderer's JavaScript heap, in MB: a runaway page fails instead of eating the machine.
+IMGCRAWL_RENDER_MEMORY_MB = 512
+# Resource types the browser does not fetch: the DOM keeps their URLs, and image files are
+# downloaded once, by Scrapy (keep-alive pool, byte-exact, the guard, robots.txt).
+IMGCRAWL_RENDER_BLOCK = ["image", "media", "font"]
 # One DNS lookup per host, not per request.
 DNSCACHE_ENABLED = True
 DNSCACHE_SIZE = 10_000

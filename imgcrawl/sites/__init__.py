@@ -10,6 +10,7 @@ file is ``-a profile=path/to/site.toml``. Keys (all optional)::
     image_attrs = ["data-full-url", "href", "data-srcset", "src"]   # where to look, best first
     next_page = "a.next"                  # replaces the generic pagination rules
     detail_page = "a.photo-link"          # replaces the generic detail-page rules
+    render = "browser"                    # static (default), browser or auto: docs/render.md
     rewrite = [["_thumb\\.", "_full."], ["\\?w=\\d+$", ""]]          # regex, replacement
     include = ["/uploads/"]               # image URLs must match one of these (regex) ...
     exclude = ["/avatars/", "\\.svg$"]    # ... and none of these
@@ -30,12 +31,12 @@ from typing import Any
 
 from parsel import Selector
 
-from imgcrawl import links
+from imgcrawl import links, render
 
 SITES_DIR = Path(__file__).resolve().parent
 
 _LIST_KEYS = ("domains", "start_urls", "image_attrs", "include", "exclude")
-_TEXT_KEYS = ("name", "items", "next_page", "detail_page")
+_TEXT_KEYS = ("name", "items", "next_page", "detail_page", "render")
 KNOWN_KEYS = frozenset(_LIST_KEYS + _TEXT_KEYS + ("rewrite", "settings", "description"))
 
 
@@ -57,6 +58,7 @@ class SiteProfile:
     include: tuple[re.Pattern, ...] = ()
     exclude: tuple[re.Pattern, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
+    render: str | None = None  # how its pages are read (imgcrawl.render); -a render= wins
 
     def image_url(self, url: str) -> str | None:
         """``url`` rewritten by the rules, or None when include/exclude rule it out."""
@@ -114,6 +116,10 @@ def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteP
         isinstance(r, list) and len(r) == 2 and all(isinstance(v, str) for v in r) for r in rules
     ):
         raise ProfileError(f'profile {source}: rewrite must be a list of ["regex", "replacement"] pairs')
+    try:
+        mode = render.parse_mode(data["render"]) if "render" in data else None
+    except ValueError as exc:
+        raise ProfileError(f"profile {source}: {exc}") from None
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise ProfileError(f"profile {source}: [settings] must be a table of Scrapy settings")
@@ -130,6 +136,7 @@ def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteP
         include=tuple(_regex(p, f"profile {source}: include") for p in data.get("include", ())),
         exclude=tuple(_regex(p, f"profile {source}: exclude") for p in data.get("exclude", ())),
         settings=dict(settings),
+        render=mode,
     )
 
 
