@@ -4,10 +4,10 @@ Only pages go to the browser (``meta["playwright"]``, set by the spider); images
 and everything else are fetched by imgcrawl's HTTP handler, as in a static crawl. In the
 browser:
 
-- every request the page makes passes the crawl's SSRF guard first (the same
-  :class:`~imgcrawl.guard.PrivateAddressGuard`, its ``resolve`` and ``allowed``); a refused
-  or unchecked one is aborted (fail closed). WebSockets and WebRTC, which Playwright's
-  request routing does not see, are refused outright;
+- every connection the browser opens goes through :mod:`imgcrawl.socksguard`, which checks
+  it with the crawl's SSRF guard (the same :class:`~imgcrawl.guard.PrivateAddressGuard`) and
+  connects only to the addresses it allowed: pages, scripts, data, each redirect hop and
+  WebSockets alike; one that is refused, or that cannot be checked, goes nowhere;
 - images, media and fonts are not fetched (``IMGCRAWL_RENDER_BLOCK``): the DOM keeps their
   URLs, and the image files are downloaded once, by Scrapy;
 - the page is scrolled to the bottom and an obvious "Load more" control clicked until a
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
@@ -31,6 +30,7 @@ from scrapy_playwright.page import PageMethod
 
 from imgcrawl.guard import BlockedRequest, PrivateAddressGuard
 from imgcrawl.handlers import HTTPDownloadHandler
+from imgcrawl.socksguard import GuardedSocksProxy
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ SCROLL_AND_LOAD_MORE_JS = r"""() => {
     }
     return false;
 }"""
-# Run in every frame before the page's own scripts: no WebRTC peer connection (its traffic
-# is not routed through the guard).
-NO_WEBRTC_JS = "delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;"
-
-
 class NetworkQuiet:
     """Counts a page's requests in flight, to tell when a round's have finished."""
 
@@ -136,17 +131,6 @@ async def settle(page, seconds: float, rounds: int) -> int:
     return grown
 
 
-async def prepare_page(page, request) -> None:
-    """Before navigation: WebSockets connect nowhere (an unanswered route keeps them off the
-    network) and WebRTC is gone."""
-    await page.route_web_socket("**", _no_websocket)
-    await page.add_init_script(NO_WEBRTC_JS)
-
-
-def _no_websocket(websocket) -> None:
-    """Never calls ``connect_to_server``: the socket reaches no server."""
-
-
 class BrowserDownloadHandler(ScrapyPlaywrightDownloadHandler, HTTPDownloadHandler):
     """scrapy-playwright's handler for rendered pages; every other request goes to
     imgcrawl's :class:`~imgcrawl.handlers.HTTPDownloadHandler` (its bounds, its pool)."""
@@ -159,55 +143,66 @@ class BrowserDownloadHandler(ScrapyPlaywrightDownloadHandler, HTTPDownloadHandle
         self.allow_private = settings.getbool("IMGCRAWL_ALLOW_PRIVATE")
         self.scroll_seconds = settings.getfloat("IMGCRAWL_RENDER_SCROLL_TIME")
         self.scroll_rounds = settings.getint("IMGCRAWL_RENDER_SCROLLS")
+        self.proxy = GuardedSocksProxy(self.check_connection, self.connection_refused)
+        self.proxy_started = asyncio.Lock()
         self.refused_hosts: set[str] = set()  # each refused host logged once
         # scrapy-playwright asks this before each request the page makes; True aborts it.
-        self.abort_request = self.refuse
+        self.abort_request = self.not_fetched
 
     async def download_request(self, request):
         if request.meta.get("playwright"):
-            request.meta.setdefault("playwright_page_init_callback", prepare_page)
+            await self.start_proxy()
             request.meta.setdefault(
                 "playwright_page_methods", [PageMethod(settle, self.scroll_seconds, self.scroll_rounds)])
             request.meta.setdefault("playwright_context_kwargs", {
-                "service_workers": "block",  # a service worker's requests bypass the routing
+                "service_workers": "block",  # a service worker's requests would skip the abort hook
                 "viewport": {"width": 1280, "height": 1024},
             })
             self.crawler.stats.inc_value("imgcrawl/render/pages")
         return await super().download_request(request)
 
-    async def refuse(self, browser_request) -> bool:
-        """True (abort) for a request the browser must not make; any error refuses too."""
-        try:
-            if browser_request.resource_type in self.blocked_types:
-                self.crawler.stats.inc_value("imgcrawl/render/not_fetched")
-                return True
-            reason = await self.guard_refusal(browser_request.url)
-        except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
-            reason = f"{browser_request.url} could not be checked ({type(exc).__name__}: {exc})"
-        if reason:
-            self.crawler.stats.inc_value("imgcrawl/render/refused")
-            host = urlsplit(browser_request.url).hostname or browser_request.url
-            if host not in self.refused_hosts:
-                self.refused_hosts.add(host)
-                logger.warning("Browser request refused: %s", reason)
+    async def start_proxy(self) -> None:
+        """Before the browser starts (on the first rendered page): the proxy it must use."""
+        async with self.proxy_started:
+            if self.proxy.server is None:
+                port = await self.proxy.start()
+                self.config.launch_options["args"] = [
+                    *self.config.launch_options.get("args", ()),
+                    f"--proxy-server=socks5://127.0.0.1:{port}",
+                    "--proxy-bypass-list=<-loopback>",  # loopback too: Chromium skips proxies for it by default
+                ]
+
+    async def close(self) -> None:
+        await super().close()  # the browser, then
+        await self.proxy.close()
+
+    def not_fetched(self, browser_request) -> bool:
+        """Images, media and fonts: left to Scrapy (their URLs stay in the DOM)."""
+        if browser_request.resource_type in self.blocked_types:
+            self.crawler.stats.inc_value("imgcrawl/render/not_fetched")
             return True
         return False
 
-    async def guard_refusal(self, url: str) -> str | None:
-        """Why the SSRF guard refuses ``url`` (its policy and resolver), or None."""
-        parts = urlsplit(url)
-        if parts.scheme in ("data", "blob", "about"):
-            return None  # no network
-        if parts.scheme not in ("http", "https"):
-            return f"{url}: the browser may fetch only http(s)"
+    async def check_connection(self, host: str) -> list[str]:
+        """The addresses the browser may connect to for ``host``; raises to refuse."""
         if self.allow_private:
-            return None
+            return [host]
         guard = self.crawler.get_downloader_middleware(PrivateAddressGuard)
         if guard is None:
-            return (f"{url}: no SSRF guard in DOWNLOADER_MIDDLEWARES to check it "
-                    "(set IMGCRAWL_ALLOW_PRIVATE=True to render unchecked)")
-        try:
-            await guard.check_host((parts.hostname or "").strip("[]"), url)
-        except BlockedRequest as exc:
-            return f"{url}: {exc.detail}"
-        return None
+            raise BlockedRequest("no-guard", "no SSRF guard in DOWNLOADER_MIDDLEWARES to check it "
+                                 "(set IMGCRAWL_ALLOW_PRIVATE=True to render unchecked)")
+        return await guard.check_host(host.strip("[]"), host)
+
+    def connection_refused(self, target: str, exc: BaseException) -> None:
+        """One line per refused host and port. A name that does not resolve is logged at
+        DEBUG only: nothing was reached, and Chromium's own background services (updates,
+        sign-in) ask for such names where DNS is fenced off."""
+        self.crawler.stats.inc_value("imgcrawl/render/refused")
+        if target in self.refused_hosts:
+            return
+        self.refused_hosts.add(target)
+        if isinstance(exc, BlockedRequest):
+            level, detail = (logging.DEBUG if exc.reason == "dns" else logging.WARNING), exc.detail
+        else:
+            level, detail = logging.WARNING, f"{type(exc).__name__}: {exc}"
+        logger.log(level, "Browser connection refused: %s: %s", target, detail)

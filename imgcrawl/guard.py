@@ -124,9 +124,10 @@ class PrivateAddressGuard:
         await self.check_host(host, request.url)
         return None
 
-    async def check_host(self, host: str, url: str) -> None:
-        """Raise :class:`BlockedRequest` unless ``host`` (of ``url``) resolves, and only to
-        allowed addresses. The rendering browser's requests are checked here too."""
+    async def check_host(self, host: str, url: str) -> list[str]:
+        """The addresses ``host`` (of ``url``) resolves to; :class:`BlockedRequest` unless
+        there are some and the policy allows each. The rendering browser's connections are
+        checked here too (:mod:`imgcrawl.browser`)."""
         if _is_ip(host):
             addresses = [host]
         else:
@@ -138,6 +139,7 @@ class PrivateAddressGuard:
             if not self.allowed(address):
                 raise BlockedRequest("private-address", f"{host} is {address}, not a public "
                                      "address (set IMGCRAWL_ALLOW_PRIVATE=True to allow)")
+        return addresses
 
     def check_connections(self):
         """Make every connection get only allowed addresses. Without this the downloader's

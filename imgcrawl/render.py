@@ -65,12 +65,11 @@ def browser_settings(settings) -> dict:
             "executable_path": settings.get("IMGCRAWL_BROWSER"),
             "headless": True,
             "args": [
-                # The browser goes direct, where the SSRF guard checks each request it makes.
-                "--no-proxy-server",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--disable-gpu", "--dns-prefetch-disable",
-                # WebRTC is not routed through the guard: no connection but through a proxy (none).
-                "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+                # Every connection goes through imgcrawl.socksguard (added at launch); UDP
+                # cannot, so no WebRTC but through it and no QUIC.
+                "--force-webrtc-ip-handling-policy=disable_non_proxied_udp", "--disable-quic",
                 # Memory: each renderer's JavaScript heap is capped, /dev/shm is not used (a
                 # container's is small), and renderers are few.
                 f"--js-flags=--max-old-space-size={heap_mb}",

@@ -15,12 +15,13 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import CRAWL_TIMEOUT, LocalSite, answer, crawl_command, run_crawl
+from conftest import LocalSite, answer, crawl_command, run_crawl
 from parsel import Selector
 
 from imgcrawl import render, sites
@@ -147,6 +148,7 @@ def stored(result) -> dict[str, dict]:
 
 
 def test_rendered_crawl_finds_every_full_size_image_once_byte_exact(site, tmp_path):
+    site.delays["/api/photos?page=2"] = 1  # a slow data request is waited for, not taken as the end
     urls = ",".join(site.url(p) for p in ("/shell/", "/scripted/", "/more/"))
     result, mark = crawl(tmp_path, urls, "-a", "render=browser", settings={"LOG_LEVEL": "DEBUG"})
     assert result.returncode == 0, result.log[-3000:]
@@ -190,3 +192,116 @@ def test_render_auto_renders_only_the_pages_that_need_it(site, tmp_path):
     assert "'imgcrawl/render/pages': 1" in result.log  # the shell; /more/2 was read as served
     assert site.hits["/shell/"] == 2 and site.hits["/more/2"] == 1
     assert_none_left(mark)
+
+
+GUARDED_HTML = """<!doctype html><html><body><div id="app"></div>
+<script src="http://127.0.0.2:{lan}/lan.js"></script>
+<script src="/to-lan.js"></script>
+<script>
+fetch('http://169.254.169.254/latest/meta-data/').catch(() => {{}});
+document.getElementById('app').insertAdjacentHTML('beforeend', '<img src="/photos/{name}.jpg">');
+</script></body></html>"""
+LAN_JS = "document.getElementById('app').insertAdjacentHTML('beforeend', '<img src=\"/photos/lan.jpg\">');"
+
+
+def test_the_browsers_own_requests_pass_the_ssrf_guard(tmp_path):
+    # 127.0.0.1 stands in for the public internet (the guard subclass of test_security allows
+    # it); 127.0.0.2 is a LAN host, 169.254.169.254 the cloud metadata address.
+    from test_security import GUARD_SUBCLASS
+
+    from imgcrawl import settings as defaults
+
+    lan = LocalSite({"/lan.js": ("application/javascript", LAN_JS.encode())}, host="127.0.0.2").start()
+    name = SCRIPTED[0]
+    site = LocalSite({f"/photos/{name}.jpg": ("image/jpeg", photo(name)),
+                      "/photos/lan.jpg": ("image/jpeg", photo("lan"))})
+    site.handlers["/to-lan.js"] = lambda h: (h.send_response(302), h.send_header("Location", lan.url("/lan.js")),
+                                             h.send_header("Content-Length", "0"), h.end_headers())
+    site.files["/guarded/"] = ("text/html", GUARDED_HTML.format(lan=lan.port, name=name).encode())
+    site.start()
+    middlewares = {**defaults.DOWNLOADER_MIDDLEWARES, "imgcrawl.guard.PrivateAddressGuard": None,
+                   "guardtest.LoopbackIsPublic": 60}
+    try:
+        results = {}
+        for allow in (False, True):  # the guard on, then off: the LAN host is reachable
+            hits_before = sum(lan.hits.values())
+            (tmp_path / str(allow)).mkdir()
+            (tmp_path / str(allow) / "guardtest.py").write_text(GUARD_SUBCLASS)
+            result, mark = crawl(tmp_path / str(allow), site.url("/guarded/"), "-a", "render=browser", settings={
+                "IMGCRAWL_ALLOW_PRIVATE": allow, "DOWNLOADER_MIDDLEWARES": json.dumps(middlewares)})
+            results[allow] = (result, sum(lan.hits.values()) - hits_before)
+            assert result.returncode == 0, result.log[-3000:]
+            assert_none_left(mark)
+    finally:
+        site.stop()
+        lan.stop()
+    guarded, lan_hits = results[False]
+    assert lan_hits == 0  # neither the script nor the redirect to 127.0.0.2 reached it
+    assert sorted(stored(guarded)) == [site.url(f"/photos/{name}.jpg")]
+    refused = [line for line in guarded.log.splitlines() if "Browser connection refused" in line]
+    assert any("127.0.0.2 is 127.0.0.2, not a public address" in line for line in refused), refused
+    assert any("169.254.169.254 is 169.254.169.254" in line for line in refused), refused
+    assert "Traceback" not in guarded.log
+    unguarded, lan_hits = results[True]
+    assert lan_hits >= 1 and site.url("/photos/lan.jpg") in stored(unguarded)
+
+
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_ctrl_c_leaves_no_browser_behind(site, tmp_path, interrupts):
+    # The shell's second data page never answers in time: the crawl is mid-render when a
+    # terminal's Ctrl-C (SIGINT to the whole process group) arrives, once (graceful stop)
+    # or twice (forced).
+    site.delays["/api/photos?page=2"] = 60
+    mark = f"IMGCRAWL_TEST_MARK_{uuid.uuid4().hex}"
+    cmd, env = crawl_command(tmp_path / "store", "-a", f"url={site.url('/shell/')}", "-a", "render=browser",
+                             settings={"IMGCRAWL_WORKER_POOL": "thread", "IMGCRAWL_RENDER_SCROLL_TIME": 5})
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**env, mark: "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while site.hits["/api/photos?page=2"] == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert site.hits["/api/photos?page=2"] == 1, "the crawl never reached the page's second data request"
+        assert any("chrom" in command for _, command in marked_processes(mark))  # Chromium is running
+        for _ in range(interrupts):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.5)
+        log, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert "Received SIGINT" in log, log[-3000:]
+    assert_none_left(mark)
+
+
+def test_the_asyncio_reactor_keeps_the_per_host_limit(tmp_path):
+    # Rendering crawls run on the asyncio reactor, where Scrapy's downloader let a host's
+    # requests past CONCURRENT_REQUESTS_PER_DOMAIN (imgcrawl.compat.Downloader closes that).
+    names = [f"limit{i}" for i in range(40)]
+    inflight = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def slow_image(body):
+        def handler(h):
+            with lock:
+                inflight["now"] += 1
+                inflight["peak"] = max(inflight["peak"], inflight["now"])
+            time.sleep(0.05)
+            with lock:
+                inflight["now"] -= 1
+            answer(h, "image/jpeg", body)
+        return handler
+
+    site = LocalSite({"/": ("text/html", imgs(names).encode())},
+                     handlers={f"/photos/{n}.jpg": slow_image(photo(n)) for n in names}).start()
+    try:
+        result, _ = crawl(tmp_path, site.url("/"), settings={
+            "TWISTED_REACTOR": render.ASYNCIO_REACTOR, "CONCURRENT_REQUESTS_PER_DOMAIN": 2, "LOG_LEVEL": "DEBUG"})
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Using reactor: twisted.internet.asyncioreactor.AsyncioSelectorReactor" in result.log
+    assert len(stored(result)) == 40
+    assert inflight["peak"] == 2
+    assert site.connections == 2  # robots.txt, the page and 40 images over two kept connections
