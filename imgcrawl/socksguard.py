@@ -116,6 +116,8 @@ class GuardedSocksProxy:
             await asyncio.gather(pipe(reader, upstream[1]), pipe(upstream[0], writer))
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the browser gave up or the peer went away: nothing to report
+        except asyncio.CancelledError:
+            pass  # closed with the browser: asyncio would log a cancelled handler as an error
         finally:
             for stream in (writer, upstream[1] if upstream else None):
                 if stream is not None:

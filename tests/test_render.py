@@ -8,6 +8,7 @@ Crawls are real ``scrapy crawl`` subprocesses against 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -27,6 +28,7 @@ from parsel import Selector
 from imgcrawl import render, sites
 from imgcrawl.demo import make_image
 
+SITES_WORDPRESS = Path(sites.__file__).parent / "wordpress.toml"
 SHELL_PAGES = 3  # JSON API pages, 4 photos each, the next one fetched on scroll
 SHELL = [f"shell{i}" for i in range(SHELL_PAGES * 4)]
 SCRIPTED = [f"scripted{i}" for i in range(3)]
@@ -305,3 +307,102 @@ def test_the_asyncio_reactor_keeps_the_per_host_limit(tmp_path):
     assert len(stored(result)) == 40
     assert inflight["peak"] == 2
     assert site.connections == 2  # robots.txt, the page and 40 images over two kept connections
+
+
+# -- without a browser ---------------------------------------------------------------
+
+
+def test_the_browsers_proxy_connects_only_where_the_guard_said():
+    from imgcrawl.guard import BlockedRequest
+    from imgcrawl.socksguard import GuardedSocksProxy
+
+    async def echo(reader, writer):
+        writer.write(await reader.read(4))
+        await writer.drain()
+        writer.close()
+
+    async def check(host):
+        if host == "lan.example":
+            raise BlockedRequest("private-address", "lan.example is 10.0.0.1, not a public address")
+        return ["127.0.0.1"]  # what the guard checked, whatever the name resolves to later
+
+    async def ask(port, request: bytes, greeting=b"\x05\x01\x00"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(greeting + request)
+        answer = await asyncio.wait_for(reader.readexactly(2), 5)
+        if answer == b"\x05\x00":
+            answer += await asyncio.wait_for(reader.readexactly(10), 5)
+        return reader, writer, answer
+
+    def connect(host: bytes, port: int, command: int = 1) -> bytes:
+        return bytes([5, command, 0, 3, len(host)]) + host + port.to_bytes(2, "big")
+
+    async def scenario():
+        upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
+        upstream_port = upstream.sockets[0].getsockname()[1]
+        refused = []
+        proxy = GuardedSocksProxy(check, lambda target, exc: refused.append((target, str(exc))))
+        port = await proxy.start()
+        try:
+            # A name that does not resolve here reaches the address the check gave.
+            reader, writer, answer = await ask(port, connect(b"rebind.example", upstream_port))
+            assert answer == b"\x05\x00" + bytes([5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+            writer.close()
+            _, _, answer = await ask(port, connect(b"lan.example", upstream_port))
+            assert answer[2:4] == bytes([5, 2])  # not allowed by the ruleset
+            assert refused == [(f"lan.example:{upstream_port}",
+                                "private-address: lan.example is 10.0.0.1, not a public address")]
+            _, _, answer = await ask(port, connect(b"rebind.example", upstream_port, command=3))
+            assert answer[2:4] == bytes([5, 7])  # UDP ASSOCIATE: not supported
+            _, _, answer = await ask(port, b"", greeting=b"\x05\x01\x02")  # user/password only
+            assert answer == b"\x05\xff"
+        finally:
+            await proxy.close()
+            upstream.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("value", "mode"), [(None, "static"), ("browser", "browser"), (" Auto ", "auto")])
+def test_parse_mode(value, mode):
+    assert render.parse_mode(value) == mode
+
+
+def test_a_bad_render_mode_is_one_line_with_an_example(tmp_path):
+    with pytest.raises(ValueError, match=r"bad render='chrome': need one of static, browser, auto, e\.g\. -a render=browser"):
+        render.parse_mode("chrome")
+    result = run_crawl(tmp_path, "-a", "url=http://127.0.0.1:9/", "-a", "render=chrome")
+    errors = [line for line in result.log.splitlines() if "ERROR:" in line]
+    assert len(errors) == 1 and "bad render='chrome'" in errors[0]
+    assert "Traceback" not in result.log
+
+
+def test_reactor_for():
+    assert render.reactor_for("browser") == render.reactor_for("auto") == render.ASYNCIO_REACTOR
+    assert render.reactor_for("static") is None
+
+
+@pytest.mark.parametrize(("html", "built"), [
+    (SHELL_HTML, True),  # an empty mount point and an external script
+    (SCRIPTED_HTML, True),  # an inline script that sets src
+    (MORE_HTML.replace("{imgs}", ""), True),  # fetch() + insertAdjacentHTML
+    ("<html><body><p>No photos yet.</p><script src='/analytics.js'></script></body></html>", False),
+    ("<html><body><div id='app'><p>Server-rendered</p></div><script src='/app.js'></script></body></html>", False),
+    ("<html><body><script>console.log('hi')</script></body></html>", False),
+    ("<html><body><script type='application/ld+json'>{\"innerHTML\": 1}</script></body></html>", False),
+])
+def test_looks_script_built(html, built):
+    assert render.looks_script_built(Selector(text=html)) is built
+
+
+def test_a_profile_says_render(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('render = "Browser"\n')
+    assert sites.load_profile(good).render == "browser"
+    assert sites.load_profile(SITES_WORDPRESS).render is None
+    bad = tmp_path / "bad.toml"
+    bad.write_text('render = "yes"\n')
+    with pytest.raises(sites.ProfileError, match=r"profile .*bad.toml: bad render='yes': need one of"):
+        sites.load_profile(bad)
