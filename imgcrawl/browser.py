@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 # more images, or, if it shows none more, once PATIENCE_SECONDS have passed: a scroll
 # handler may wait for a frame or a timer before it asks for more.
 QUIET_SECONDS = 0.3
-PATIENCE_SECONDS = 1.5
+PATIENCE_SECONDS = 1.0
+# A page without scripts shows what it loaded: it is not waited for nor scrolled.
+HAS_SCRIPTS_JS = "() => document.scripts.length > 0"
 # Elements that show or carry an image; a round that adds none ends the scrolling.
 COUNT_IMAGES_JS = """() => document.querySelectorAll(
     'img, picture, [style*="url("], [data-bg], [data-src], [data-srcset]').length"""
@@ -104,6 +106,8 @@ async def settle(page, seconds: float, rounds: int) -> int:
     """Scroll and click "load more" until a round adds no image (at most ``rounds`` rounds,
     ``seconds`` in all); the number of rounds that added images."""
     deadline = asyncio.get_running_loop().time() + seconds
+    if not await page.evaluate(HAS_SCRIPTS_JS):
+        return 0
     network = NetworkQuiet(page)
     grown = 0
     try:
