@@ -109,8 +109,9 @@ def enable_browser(settings) -> str | None:
     if not executable or not os.access(executable, os.X_OK):
         return (f"render=browser needs Chromium at {executable}: apt-get install chromium, "
                 "or point -s IMGCRAWL_BROWSER=/path/to/chromium at one")
-    settings.setdict(browser_settings(settings), priority="spider")
+    settings.set("TWISTED_REACTOR", ASYNCIO_REACTOR, priority="spider")
     if settings.get("TWISTED_REACTOR") != ASYNCIO_REACTOR:
         return (f"render=browser runs on the asyncio reactor, but TWISTED_REACTOR is set to "
                 f"{settings.get('TWISTED_REACTOR')} on the command line: drop that -s")
+    settings.setdict(browser_settings(settings), priority="spider")
     return None

@@ -406,3 +406,27 @@ def test_a_profile_says_render(tmp_path):
     bad.write_text('render = "yes"\n')
     with pytest.raises(sites.ProfileError, match=r"profile .*bad.toml: bad render='yes': need one of"):
         sites.load_profile(bad)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ({"IMGCRAWL_BROWSER": "/nonexistent/chromium"}, "render=browser needs Chromium at /nonexistent/chromium"),
+    ({"TWISTED_REACTOR": "twisted.internet.epollreactor.EPollReactor"},
+     "render=browser runs on the asyncio reactor, but TWISTED_REACTOR is set to"),
+])
+def test_a_crawl_that_cannot_render_says_why_in_one_line(tmp_path, setting, expected):
+    result, mark = crawl(tmp_path, "http://127.0.0.1:9/", "-a", "render=browser", settings=setting)
+    errors = [line for line in result.log.splitlines() if "ERROR:" in line]
+    assert len(errors) == 1 and expected in errors[0], result.log[-2000:]
+    assert "Traceback" not in result.log
+    assert not marked_processes(mark)
+
+
+def test_a_page_that_does_not_load_in_time_fails_in_one_line(site, tmp_path):
+    site.delays["/more/"] = 10
+    result, mark = crawl(tmp_path, site.url("/more/"), "-a", "render=browser",
+                         settings={"IMGCRAWL_RENDER_TIMEOUT": 2, "RETRY_TIMES": 0})
+    assert result.returncode == 0, result.log[-3000:]
+    failed = [line for line in result.log.splitlines() if "Page failed" in line]
+    assert len(failed) == 1 and site.url("/more/") in failed[0], result.log[-3000:]
+    assert "Traceback" not in result.log
+    assert_none_left(mark)
