@@ -178,7 +178,7 @@ def link_full_url(a: HtmlElement, base: str) -> str | None:
     """The full-size image an ``<a>`` opens: a gallery-library data attribute, or its
     ``href`` when that is an image file or a lightbox link to an image."""
     attrib = a.attrib
-    if opens_media(a, base):
+    if opens_media(a):
         return None
     found = _first_real((attrib.get(attr) for attr in LINK_FULL_ATTRS), base)
     if found:
@@ -292,7 +292,7 @@ def _element_candidate(node: HtmlElement, base: str) -> tuple[str | None, HtmlEl
         own = best_img_url(twin, base) or own  # the lazy one only had a placeholder or LQIP
     full = _first_real((inner.get(attr) for attr in IMG_FULL_ATTRS), base)
     link = _nearest(inner, "a")
-    if link is not None and opens_media(link, base):
+    if link is not None and opens_media(link):
         return None  # a video's poster
     if not full and link is not None:
         full = link_full_url(link, base)

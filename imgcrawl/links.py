@@ -99,14 +99,15 @@ def is_media_url(url: str) -> bool:
     return _extension(url) in MEDIA_EXTENSIONS
 
 
-def opens_media(a: HtmlElement, base: str) -> bool:
+def opens_media(a: HtmlElement) -> bool:
     """Does a (lightbox) link open a video, an iframe or other non-image content? Then what
     it opens is neither an image nor a page to follow, and the thumbnail in it (a video's
     poster) is no gallery image."""
     attrib = a.attrib
     if any(attrib.get(attr, "").lower() in _NON_IMAGE_LIGHTBOX_TYPES for attr in _LIGHTBOX_TYPE_ATTRS):
         return True
-    return any(attr in attrib for attr in _VIDEO_LINK_ATTRS) or is_media_url(absolute_url(attrib.get("href"), base) or "")
+    # The extension needs no resolving: a relative href has the same path ending.
+    return any(attr in attrib for attr in _VIDEO_LINK_ATTRS) or is_media_url(attrib.get("href", ""))
 
 
 def select(sel: Selector, query: str) -> list[Selector]:
@@ -161,7 +162,7 @@ def detail_links(sel: Selector, page_url: str, hosts: frozenset[str] | None = No
     for a in _links(sel):
         href = a.get("href")
         url = absolute_url(href, base)
-        if not url or is_image_url(url) or opens_media(a, base):
+        if not url or is_image_url(url) or opens_media(a):
             continue
         if next(a.iter("img", "picture"), None) is not None or _DETAIL_PATH_RE.search(urlsplit(url).path):
             raw.append(href)
