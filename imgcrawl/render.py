@@ -5,16 +5,18 @@ every page in headless Chromium (scrapy-playwright, :mod:`imgcrawl.browser`) and
 DOM the page's scripts built. ``-a render=auto`` renders only a page whose HTML has no image
 but scripts that look like they build it. A site profile says the same with ``render = "..."``.
 
-Pure: no Scrapy or Playwright import, so a command can choose the reactor before a crawl
-starts (:func:`reactor_for`) and profiles are checked without a crawler.
+Pure: no import beyond the standard library, so a command can choose the reactor before a
+crawl starts (:func:`reactor_for`) and profiles are checked without a crawler.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from typing import TYPE_CHECKING
 
-from parsel import Selector
+if TYPE_CHECKING:  # nothing at run time: `imgcrawl --help` reads the modes without parsel
+    from parsel import Selector
 
 STATIC, BROWSER, AUTO = "static", "browser", "auto"
 RENDER_MODES = (STATIC, BROWSER, AUTO)

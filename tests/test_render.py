@@ -430,3 +430,14 @@ def test_a_page_that_does_not_load_in_time_fails_in_one_line(site, tmp_path):
     assert len(failed) == 1 and site.url("/more/") in failed[0], result.log[-3000:]
     assert "Traceback" not in result.log
     assert_none_left(mark)
+
+
+def test_imgcrawl_crawl_render_browser(site, tmp_path):
+    # imgcrawl crawl runs scrapy crawl in its own process: the spider switches the reactor there.
+    from test_cli import imgcrawl
+
+    proc = imgcrawl(tmp_path, "crawl", site.url("/scripted/"), "--render", "browser", "-o", str(tmp_path / "out"),
+                    "-s", "IMGCRAWL_ALLOW_PRIVATE=True", "-s", "IMGCRAWL_WORKER_POOL=thread")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(line["url"] for line in lines) == sorted(site.url(f"/photos/{n}.jpg") for n in SCRIPTED)
