@@ -25,7 +25,7 @@ import pytest
 from conftest import LocalSite, answer, crawl_command, run_crawl
 from parsel import Selector
 
-from imgcrawl import render, sites
+from imgcrawl import exitstatus, render, sites
 from imgcrawl.demo import make_image
 
 SITES_WORDPRESS = Path(sites.__file__).parent / "wordpress.toml"
@@ -273,7 +273,7 @@ def test_ctrl_c_leaves_no_browser_behind(site, tmp_path, interrupts):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    assert "Received SIGINT" in log, log[-3000:]
+    assert proc.returncode == exitstatus.FAILED and "Received SIGINT" in log, log[-3000:]
     assert_none_left(mark)
 
 
@@ -374,6 +374,7 @@ def test_a_bad_render_mode_is_one_line_with_an_example(tmp_path):
     with pytest.raises(ValueError, match=r"bad render='chrome': need one of static, browser, auto, e\.g\. -a render=browser"):
         render.parse_mode("chrome")
     result = run_crawl(tmp_path, "-a", "url=http://127.0.0.1:9/", "-a", "render=chrome")
+    assert result.returncode == exitstatus.USAGE
     errors = [line for line in result.log.splitlines() if "ERROR:" in line]
     assert len(errors) == 1 and "bad render='chrome'" in errors[0]
     assert "Traceback" not in result.log
@@ -415,6 +416,7 @@ def test_a_profile_says_render(tmp_path):
 ])
 def test_a_crawl_that_cannot_render_says_why_in_one_line(tmp_path, setting, expected):
     result, mark = crawl(tmp_path, "http://127.0.0.1:9/", "-a", "render=browser", settings=setting)
+    assert result.returncode == exitstatus.USAGE
     errors = [line for line in result.log.splitlines() if "ERROR:" in line]
     assert len(errors) == 1 and expected in errors[0], result.log[-2000:]
     assert "Traceback" not in result.log
@@ -425,7 +427,7 @@ def test_a_page_that_does_not_load_in_time_fails_in_one_line(site, tmp_path):
     site.delays["/more/"] = 10
     result, mark = crawl(tmp_path, site.url("/more/"), "-a", "render=browser",
                          settings={"IMGCRAWL_RENDER_TIMEOUT": 2, "RETRY_TIMES": 0})
-    assert result.returncode == 0, result.log[-3000:]
+    assert result.returncode == exitstatus.NOTHING_CRAWLED, result.log[-3000:]
     failed = [line for line in result.log.splitlines() if "Page failed" in line]
     assert len(failed) == 1 and site.url("/more/") in failed[0], result.log[-3000:]
     assert "Traceback" not in result.log
