@@ -12,9 +12,8 @@ USER_AGENT = "imgcrawl/0.1 (Scrapy image-gallery crawler)"
 # Polite by default: robots.txt is honoured (images included).
 ROBOTSTXT_OBEY = True
 
-# Under the asyncio reactor (Scrapy's default) the per-host limit leaks: requests start as
-# tasks and count as transferring only once they run, so more connections open than the
-# limit and keep-alive churns. Epoll keeps the limit exact (measured: benchmarks/README.md).
+# Static crawls run on epoll (the reactor the benchmarks measure, docs/performance.md);
+# render=browser switches a crawl to asyncio, which scrapy-playwright needs (docs/render.md).
 TWISTED_REACTOR = "twisted.internet.epollreactor.EPollReactor"
 # Scrapy's downloader with that leak closed, for crawls that run on the asyncio reactor
 # (-a render=browser, see imgcrawl/render.py): the per-host limit holds on both reactors.
