@@ -8,7 +8,9 @@ peer and to the limits (CPU floor, network bound). Results also go to
 ``benchmarks/out/<workload>/results.{json,md}``.
 
 Options: ``--only imgcrawl,stock,...`` picks contenders; ``--set NAME=VALUE`` passes a
-setting to imgcrawl (for tuning runs); ``--prefix N`` sizes the serial recipes' URL prefix.
+setting to imgcrawl (for tuning runs); ``--prefix N`` sizes the serial recipes' URL prefix;
+``--checkout DIR`` runs imgcrawl from another checkout (before/after comparisons);
+``--img2dataset PYTHON`` adds img2dataset's thumbnails and originals jobs (peers.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ AIOHTTP_HANDLER = [
     'DOWNLOAD_HANDLERS={"http": "scrapy.core.downloader.handlers._aiohttp.AiohttpDownloadHandler", '
     '"https": "scrapy.core.downloader.handlers._aiohttp.AiohttpDownloadHandler"}',
 ]
+# img2dataset's jobs (only with --img2dataset) keep one of the two outputs: each is counted and
+# verified on the one it keeps.
+ONE_OUTPUT = {"img2dataset-thumbs": "thumbs", "img2dataset-originals": "originals"}
 SERIAL = {"get", "session"}  # run on a URL prefix: at one image per round trip they take minutes
 PEER_CONNECTIONS = 32
 
@@ -89,20 +94,26 @@ class Server:
         self.call("/__reset", "POST")
 
 
-def tree_rss_kb(pid: int) -> int:
-    """Resident memory of a process and all its descendants (workers included)."""
-    total, stack = 0, [pid]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[tuple[int, int, int, float]]:
+    """(pid, depth below ``pid``, resident kB, CPU seconds so far) of a process and all its
+    descendants (workers included)."""
+    found, stack = [], [(pid, 0)]
     while stack:
-        p = stack.pop()
+        p, depth = stack.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            rss = sum(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                      if line.startswith("VmRSS:"))
+            # utime and stime, the 14th and 15th fields (the 2nd, the name, may hold spaces).
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            found.append((p, depth, rss, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS))
             for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
+                stack += [(int(c), depth + 1) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+    return found
 
 
 @dataclass
@@ -112,27 +123,36 @@ class Measured:
     cpu_percent: float = 0.0
     max_rss_mb: float = 0.0  # largest single process (what /usr/bin/time -v reports)
     tree_rss_mb: float = 0.0  # peak sum over the process tree (sampled every 0.1 s)
+    cpu_s: float = 0.0  # user + system of the whole tree, from time -v
+    # The children of the measured process (imgcrawl's workers), their CPU as last sampled:
+    # main-process CPU is cpu_s minus this.
+    children_cpu_s: float = 0.0
 
 
 def measure(cmd: list[str], cwd: Path, env: dict, log: Path, timeout: float) -> Measured:
     timing = log.with_suffix(".time")
-    peak = 0
+    peak, children_cpu = 0, {}
     with log.open("w") as logf:
         start = time.perf_counter()
         proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(timing), *cmd],
                                 cwd=cwd, env=env, stdout=logf, stderr=subprocess.STDOUT)
         deadline = start + timeout
         while proc.poll() is None:
-            peak = max(peak, tree_rss_kb(proc.pid))
+            tree = process_tree(proc.pid)  # depth 0 is /usr/bin/time, 1 the command
+            peak = max(peak, sum(rss for _, _, rss, _ in tree))
+            children_cpu.update({p: cpu for p, depth, _, cpu in tree if depth >= 2})
             if time.perf_counter() > deadline:
                 proc.kill()
             time.sleep(0.1)
         wall = time.perf_counter() - start
-    result = Measured(wall, proc.returncode, tree_rss_mb=peak / 1024)
+    result = Measured(wall, proc.returncode, tree_rss_mb=peak / 1024,
+                      children_cpu_s=sum(children_cpu.values()))
     for line in timing.read_text().splitlines() if timing.exists() else []:
         key, _, value = line.strip().partition(": ")
         if key == "Percent of CPU this job got":
             result.cpu_percent = float(value.rstrip("%") or 0)
+        elif key in ("User time (seconds)", "System time (seconds)"):
+            result.cpu_s += float(value)
         elif key == "Maximum resident set size (kbytes)":
             result.max_rss_mb = int(value) / 1024
     return result
@@ -155,12 +175,13 @@ def contender_command(name: str, base: str, urls_file: Path, corpus: Path,
     env["PYTHONPATH"] = str(REPO)
     gallery = f"{base}/gallery/"
     if name in ("imgcrawl", "imgcrawl-aiohttp"):
+        env["PYTHONPATH"] = str(args.checkout)
         # The benchmark site is on 127.0.0.1, which the SSRF guard refuses by default.
         cmd = [PY, "-m", "scrapy", "crawl", "gallery", "-a", f"url={gallery}", "-s", f"IMAGES_STORE={out}",
                "-s", "IMGCRAWL_ALLOW_PRIVATE=True"]
         for setting in args.set + (AIOHTTP_HANDLER if name == "imgcrawl-aiohttp" else []):
             cmd += ["-s", setting]
-        return cmd, REPO, env
+        return cmd, args.checkout, env
     if name == "stock":
         # Run outside the project: Scrapy looks for scrapy.cfg in every parent of the cwd, and
         # finding ours would give stock Scrapy imgcrawl's tuned settings.
@@ -173,6 +194,8 @@ def contender_command(name: str, base: str, urls_file: Path, corpus: Path,
         return ([PY, str(BENCH / "peers.py"), "aiohttp", str(urls_file), str(out), "--connections",
                  str(imgcrawl_concurrency(setting_overrides(args)))], out.parent, env)
     cmd = [PY, str(BENCH / "peers.py"), name, str(urls_file), str(out)]
+    if name in ONE_OUTPUT:
+        cmd += ["--img2dataset", args.img2dataset]
     if name in SERIAL:
         cmd += ["--limit", str(args.prefix)]
     return cmd, out.parent, env
@@ -204,18 +227,24 @@ def run_workload(w: Workload, contenders: list[str], args: argparse.Namespace) -
             if name == "stock":
                 shutil.rmtree(cwd, ignore_errors=True)  # its throwaway working directory
             verdict = verify(out, expected)
+            kept = ONE_OUTPUT.get(name)
+            stored = verdict.thumbs_ok if kept == "thumbs" else verdict.originals_present
+            verified = {"thumbs": verdict.thumbs_ok == verdict.expected,
+                        "originals": verdict.originals_exact == verdict.expected}.get(kept, verdict.ok)
             net = server.stats()
             row = {
                 "images": len(expected),
                 "prefix": name in SERIAL,
                 "wall_s": round(m.wall, 2),
                 # Only what was really stored counts (a crawl that stops early is not fast).
-                "images_per_s": round(verdict.originals_present / m.wall, 1),
+                "images_per_s": round(stored / m.wall, 1),
                 "cpu_percent": m.cpu_percent,
+                "cpu_s": round(m.cpu_s, 2),
+                "children_cpu_s": round(m.children_cpu_s, 2),
                 "max_rss_mb": round(m.max_rss_mb, 1),
                 "tree_rss_mb": round(m.tree_rss_mb, 1),
                 "returncode": m.returncode,
-                "verified": verdict.ok,
+                "verified": verified,
                 "verify": verdict.summary(),
                 **({} if name.startswith("floor-") else net),
             }
@@ -229,6 +258,9 @@ def run_workload(w: Workload, contenders: list[str], args: argparse.Namespace) -
         "imgcrawl_concurrency": conc,
     }
     results["imgcrawl_settings"] = overrides
+    results["imgcrawl_checkout"] = subprocess.run(
+        ["git", "-C", str(args.checkout), "log", "-1", "--format=%h %s"], capture_output=True, text=True,
+    ).stdout.strip()
     results["load_after"] = os.getloadavg()
     return results
 
@@ -251,6 +283,8 @@ def table(results: dict) -> str:
     per_cpu = {n: r["images_per_s"] * 100 / r["cpu_percent"] if r["cpu_percent"] else 0 for n, r in rows.items()}
     for name, r in rows.items():
         label = f"{name} (first {r['images']} URLs)" if r["prefix"] else name
+        if name in ONE_OUTPUT:
+            label = f"{name} ({ONE_OUTPUT[name]} only)"
         if name == "aiohttp-equal":
             label = f"aiohttp ({results['network_bound']['imgcrawl_concurrency']} connections, as imgcrawl)"
         other = name != "imgcrawl" and ours
@@ -284,6 +318,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, help="a smaller workload of N images (smoke tests)")
     parser.add_argument("--out", type=Path, default=OUT, help="corpus and results directory")
     parser.add_argument("--report", action="store_true", help="print the saved tables, run nothing")
+    parser.add_argument("--img2dataset", metavar="PYTHON",
+                        help="the python of a venv with img2dataset: adds its two jobs as contenders")
+    parser.add_argument("--checkout", type=Path, default=REPO,
+                        help="run imgcrawl from this checkout (e.g. a git worktree of an older commit)")
     args = parser.parse_args(argv)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     for name in names:
@@ -291,6 +329,10 @@ def main(argv: list[str] | None = None) -> None:
             print(table(json.loads((args.out / name / "results.json").read_text())))
             continue
         contenders = args.only.split(",") if args.only else DEFAULT_CONTENDERS[name]
+        if args.img2dataset and not args.only and name != "W1x10":
+            contenders = [*contenders, *ONE_OUTPUT]
+        if any(c in ONE_OUTPUT for c in contenders) and not args.img2dataset:
+            parser.error("the img2dataset contenders need --img2dataset PYTHON")
         results = run_workload(WORKLOADS[name], contenders, args)
         text = table(results)
         (args.out / name / "results.json").write_text(json.dumps(results, indent=1))
