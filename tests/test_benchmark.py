@@ -131,6 +131,9 @@ def test_tiny_run_verifies_every_contender(tmp_path):
         assert rows[name]["returncode"] == 0
     assert rows["session"]["images"] == 5 and rows["session"]["connections"] == 1
     assert rows["imgcrawl"]["turnaround_ms_mean"] >= 0 and "turnaround_ms_mean" not in rows["floor-draft"]
+    # CPU split: imgcrawl's image workers are its children; the session recipe has none.
+    assert 0 < rows["imgcrawl"]["children_cpu_s"] < rows["imgcrawl"]["cpu_s"]
+    assert rows["session"]["children_cpu_s"] == 0
     # "Equal connection count": aiohttp held to imgcrawl's per-host concurrency (3 here).
     assert rows["aiohttp-equal"]["connections"] == 3 and rows["imgcrawl"]["connections"] <= 3
     assert "| aiohttp (3 connections, as imgcrawl) | 20 |" in proc.stdout
@@ -151,3 +154,21 @@ def test_tiny_run_verifies_every_contender(tmp_path):
     verdict = verify(out, expected)
     assert (verdict.originals_present, verdict.originals_exact, verdict.thumbs_ok) == (20, 19, 19)
     assert not verdict.ok
+
+
+def test_multicore_processes_share_one_crawl(tmp_path):
+    """benchmarks/multicore.py: two processes over one Redis frontier fill one store, checked by
+    content, and the site never sees more than the per-host limit given for all of them."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "multicore.py"), "W2", "--images", "80", "--processes", "2",
+         "--workers", "1", "--per-host", "4", "--idle-close", "1", "--out", str(tmp_path), "--timeout", "120"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "W2-multicore-2" / "results.json").read_text())
+    assert results["verify"] == "originals 80/80 present, 80/80 byte-exact; thumbs 80/80"
+    assert results["settings"]["CONCURRENT_REQUESTS_PER_DOMAIN"] == "2"  # 4 shared by 2 processes
+    assert results["server"]["peak_in_flight"] <= 4
+    # Each page and image once: 2 gallery pages, 80 images, a robots.txt per process at most.
+    assert 82 < results["server"]["requests"] <= 84
+    assert len(results["per_process"]) == 2 and results["workers_cpu_ms_per_image"] > 0
