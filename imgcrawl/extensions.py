@@ -2,7 +2,8 @@
 
 * :class:`Progress` logs one INFO line every ``IMGCRAWL_PROGRESS_INTERVAL`` seconds and a
   summary when the spider closes, and leaves the averages in the stats.
-* :class:`ContactSheet` writes ``index.html`` in ``IMAGES_STORE`` when the spider closes.
+* :class:`ContactSheet` writes ``index.html`` in ``IMAGES_STORE`` (a directory or a bucket)
+  when the spider closes.
 
 Both count from ``item_scraped``: the pipeline has set each item's ``status`` by then.
 """
@@ -23,8 +24,8 @@ from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from imgcrawl import contact_sheet
-from imgcrawl.failures import store_failure
+from imgcrawl import contact_sheet, s3
+from imgcrawl.failures import Failed, store_failure
 from imgcrawl.manifest import LOST_STAT, fill_feed_uri
 from imgcrawl.workerpool import BatchingThread
 
@@ -127,7 +128,8 @@ class Progress:
 
     def summary(self, spider, reason: str, elapsed: float) -> str:
         settings = self.crawler.settings
-        store = Path(settings.get("IMAGES_STORE") or ".").resolve()
+        store = settings.get("IMAGES_STORE") or "."
+        store = store.rstrip("/") if s3.is_s3(store) else Path(store).resolve()
         lines = [
             f"Summary ({reason}): {self.stored} images stored ({self.bytes / MB:.1f} MB), "
             f"{self.skipped} already stored, {self.failed} failed, {self.pages} pages "
@@ -136,7 +138,7 @@ class Progress:
         lines += [
             f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(self.failures.items())
         ]
-        lines.append(f"  originals: {store / 'full'}  thumbnails: {store / 'thumbs'}")
+        lines.append(f"  originals: {store}/full  thumbnails: {store}/thumbs")
         feeds = [fill_feed_uri(uri, store, spider.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:
             lost = self.stats.get_value(LOST_STAT, 0)
@@ -151,14 +153,16 @@ class ContactSheet:
     The records are streamed to a temporary file as items pass (memory stays flat on long
     crawls) and read back once at the end. Every file operation runs on one writer thread,
     in order, never on the reactor thread; the records of the items that finished within a
-    short window cross to it together.
+    short window cross to it together. Into a bucket, the sheet is written to a temporary
+    file and uploaded from there.
     """
 
     FILENAME = "index.html"
 
-    def __init__(self, crawler, store: Path):
+    def __init__(self, crawler, store: Path | s3.S3Objects):
         self.crawler = crawler
-        self.path = store / self.FILENAME
+        self.bucket = store if isinstance(store, s3.S3Objects) else None
+        self.path = f"{store.config.uri}{self.FILENAME}" if self.bucket else store / self.FILENAME
         self.writer: BatchingThread | None = None
         self.buffer = None  # the temporary file, used on the writer thread only
         self.records = 0
@@ -169,7 +173,13 @@ class ContactSheet:
         store = crawler.settings.get("IMAGES_STORE")
         if not store:
             raise NotConfigured("IMAGES_STORE is not set")
-        o = cls(crawler, Path(store).resolve())
+        if s3.is_s3(store):
+            try:
+                o = cls(crawler, s3.S3Objects(s3.config_from_settings(store, crawler.settings)))
+            except ValueError:
+                raise NotConfigured from None  # the pipeline refuses the setting, in one line
+        else:
+            o = cls(crawler, Path(store).resolve())
         crawler.signals.connect(o.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(o.item_scraped, signal=signals.item_scraped)
         crawler.signals.connect(o.spider_closed, signal=signals.spider_closed)
@@ -206,17 +216,17 @@ class ContactSheet:
         # Nothing crawled (e.g. a bad argument): leave any old sheet alone.
         write = self.write if self.records else None
         try:
-            path = await maybe_deferred_to_future(self.writer.close(lambda: self._finish(write, title)))
-        except OSError as exc:  # e.g. the disk filled up: the images are stored, say so and go on
+            where = await maybe_deferred_to_future(self.writer.close(lambda: self._finish(write, title)))
+        except (OSError, Failed) as exc:  # e.g. the disk filled up: the images are stored, say so and go on
             self._not_written(exc, reason, spider)
             return
         if self.write_error is not None:
             self._not_written(self.write_error, reason, spider)
-        elif path is not None:
-            logger.info("Contact sheet: %s", path.as_uri(), extra={"spider": spider})
+        elif where is not None:
+            logger.info("Contact sheet: %s", where, extra={"spider": spider})
 
     def _not_written(self, exc: BaseException, reason: str, spider) -> None:
-        failure = store_failure(exc)
+        failure = store_failure(exc) or (exc.reason if isinstance(exc, Failed) else None)
         if failure is not None and reason == failure.replace("-", "_"):
             # The crawl stopped because of this very store failure, and that was said
             # once, at ERROR, with the fix: a second ERROR would only repeat it.
@@ -225,14 +235,20 @@ class ContactSheet:
         else:
             logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
 
-    def _finish(self, write, title: str) -> Path | None:
+    def _finish(self, write, title: str) -> str | None:
         if self.buffer is None:
             return None
         with self.buffer:
             return write(title) if write is not None and self.write_error is None else None
 
-    def write(self, title: str) -> Path:
-        return contact_sheet.write(_Records(self.buffer), self.path, title)
+    def write(self, title: str) -> str:
+        """Write the sheet; where it is, as a URI."""
+        if self.bucket is None:
+            return contact_sheet.write(_Records(self.buffer), self.path, title).as_uri()
+        with tempfile.TemporaryDirectory(prefix="imgcrawl-sheet-") as tmp:
+            sheet = contact_sheet.write(_Records(self.buffer), Path(tmp) / self.FILENAME, title)
+            self.bucket.upload(self.FILENAME, sheet, s3.HTML)
+        return self.path
 
 
 class _Records:

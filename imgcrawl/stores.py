@@ -1,10 +1,11 @@
-"""Where stored bytes go: a local directory, the paths inside it, and the work of storing.
+"""Where stored bytes go: a local directory or an S3 bucket, the paths inside it, and the
+work of storing.
 
-The image workers write the files themselves (atomic rename), so the pipeline's store is
-only asked where its root is. :func:`store_path` is the one place a relative path from a
-hook (``file_path``, ``thumb_path``) becomes a file name, and it refuses anything that
-would land outside the store. :class:`ImageStorage` stores and looks up images without
-blocking the reactor.
+The image workers write the files (atomic rename) or objects themselves, so the pipeline's
+store is only asked where things go. :func:`store_path` is the one place a relative path
+from a hook (``file_path``, ``thumb_path``) becomes a file name, and it refuses anything
+that would land outside the store (:meth:`imgcrawl.s3.S3Config.key` does the same for
+keys). :class:`ImageStorage` stores and looks up images without blocking the reactor.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from imgcrawl import imaging
+from imgcrawl import imaging, s3
 from imgcrawl.failures import Failed
-from imgcrawl.index import RedisIndex, SQLiteIndex, StoredImages
+from imgcrawl.index import LocalFiles, RedisIndex, SQLiteIndex, StoredImages
 from imgcrawl.workerpool import BatchingThread, ProcessWorkers, ThreadWorkers
 
 # Longest file name most filesystems take (ext4, APFS, NTFS): longer fails on write.
@@ -31,8 +32,75 @@ class LocalStore:
     ``open_spider`` makes the directory and reports a failure there in one line.
     """
 
+    writer = imaging.Files  # the workers write the files at absolute paths
+
     def __init__(self, uri: str):
         self.root = Path(str(uri).removeprefix("file://")).resolve()
+        self.files = LocalFiles(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def configure(self, settings, thumbs_signature: str) -> None:
+        """Nothing to set up: the index, made at spider open, is the store's first write."""
+
+    def locate(self, relative: str) -> str:
+        return store_path(self.root, relative)
+
+    def default_index(self) -> Path:
+        return self.root / ".imgcrawl" / "index.sqlite"
+
+    def probe(self) -> None:
+        """Nothing to check before the crawl: the index is made in the store."""
+
+
+class ObjectStore:
+    """``IMAGES_STORE`` as ``s3://BUCKET/PREFIX/`` (``STORE_SCHEMES`` "s3"). Built with the
+    URI alone, as Scrapy builds stores; :meth:`configure` reads the AWS settings."""
+
+    def __init__(self, uri: str):
+        self.given = str(uri)
+        self.objects: s3.S3Objects | None = None
+
+    def __str__(self) -> str:
+        return self.objects.config.uri if self.objects else self.given
+
+    def configure(self, settings, thumbs_signature: str) -> None:
+        """Raises ValueError (a bad setting) or ImportError (no botocore); no network yet."""
+        config = s3.config_from_settings(self.given, settings)
+        s3.client(config)
+        self.objects = s3.S3Objects(config, thumbs_signature, settings.getint("DOWNLOAD_MAXSIZE"))
+
+    @property
+    def files(self) -> s3.S3Objects:
+        return self.objects
+
+    @property
+    def writer(self) -> s3.S3Objects:
+        return self.objects
+
+    def locate(self, relative: str) -> str:
+        return self.objects.locate(relative)
+
+    def default_index(self) -> Path:
+        return s3.local_index_path(self.objects.config)
+
+    def probe(self) -> None:
+        self.objects.probe()
+
+
+class UnsupportedStore:
+    """Any other ``IMAGES_STORE`` scheme (Scrapy's ``gs://``, ``ftp://``): refused."""
+
+    def __init__(self, uri: str):
+        raise ValueError(f"IMAGES_STORE={uri!r}: imgcrawl stores to a local directory or s3://BUCKET/PREFIX/")
+
+
+class StoreSchemes(dict):
+    """``STORE_SCHEMES``: a scheme not listed is an :class:`UnsupportedStore`."""
+
+    def __missing__(self, scheme: str) -> type:
+        return UnsupportedStore
 
 
 def store_path(root: Path, relative: str) -> str:
@@ -59,24 +127,35 @@ def _resolved_inside(root: Path, parent: str) -> str | None:
     return str(directory) if directory.is_relative_to(root.resolve()) else None
 
 
-class ImageStorage:
-    """A local store's files and index, worked on off the reactor thread: Pillow and file
-    writes by the worker pool, index lookups and records (with their ``stat`` calls) by
-    one index thread. Every method returns an awaitable; none blocks the reactor."""
+def thumbs_signature(thumbs: dict[str, tuple[int, int]]) -> str:
+    """Which IMAGES_THUMBS made an image's thumbnails, as recorded with it."""
+    return json.dumps(sorted(thumbs.items()))
 
-    def __init__(self, root: Path, thumbs: dict[str, tuple[int, int]], max_pixels: int, max_age: float):
-        self.root = root
+
+class ImageStorage:
+    """A store's files (or objects) and index, worked on off the reactor thread: Pillow and
+    the writes by the worker pool, index lookups and records (with their ``stat`` or HEAD
+    calls) by one index thread. Every method returns an awaitable; none blocks the reactor."""
+
+    def __init__(self, store: LocalStore | ObjectStore, thumbs: dict[str, tuple[int, int]], max_pixels: int,
+                 max_age: float, min_size: tuple[int, int] = (0, 0)):
+        self.backend = store
         self.thumbs = thumbs
         self.max_pixels = max_pixels
         self.max_age = max_age
-        self.signature = json.dumps(sorted(thumbs.items()))  # which IMAGES_THUMBS made the thumbnails
+        self.min_size = min_size
+        self.signature = thumbs_signature(thumbs)
         self.index_thread = BatchingThread("imgcrawl-index")
         self.workers: ProcessWorkers | ThreadWorkers | None = None
         self.stored: StoredImages | None = None
 
     def open(self, workers: ProcessWorkers | ThreadWorkers, index: SQLiteIndex | RedisIndex) -> None:
         self.workers = workers
-        self.stored = StoredImages(index, self.root, self.signature, self.max_age)
+        self.stored = StoredImages(index, self.backend.files, self.signature, self.max_age)
+
+    async def probe(self) -> None:
+        """Check the store can be used (a bucket: one request), on the index thread."""
+        await self._on_index_thread(self.backend.probe)
 
     async def close(self) -> None:
         if self.workers is not None:
@@ -88,9 +167,11 @@ class ImageStorage:
     def _on_index_thread(self, fn, *args):
         return maybe_deferred_to_future(self.index_thread.call(fn, *args))
 
-    def _run(self, job: str, original: str, thumb_paths: dict[str, str], *data):
-        thumbs = {n: (self.thumbs[n], store_path(self.root, p)) for n, p in thumb_paths.items()}
-        return maybe_deferred_to_future(self.workers.submit(job, *data, original, thumbs, self.max_pixels))
+    def _thumbs(self, thumb_paths: dict[str, str]) -> dict[str, tuple[tuple[int, int], str]]:
+        return {n: (self.thumbs[n], self.backend.locate(p)) for n, p in thumb_paths.items()}
+
+    def _run(self, job: str, *args):
+        return maybe_deferred_to_future(self.workers.submit(job, *args))
 
     async def lookup(self, url: str, thumb_paths: dict[str, str], unrecorded: str | None = None) -> tuple[dict, str] | None:
         """``(record, how)`` for a fresh, complete stored image, None when it must be
@@ -107,10 +188,15 @@ class ImageStorage:
         state, record = found
         if state == "uptodate":
             return record, "uptodate"
-        # Either way the thumbnails are made from the stored original, and its facts
-        # (sha256, size) come from the file's own bytes, as after a download.
+        facts = record.get("facts")  # an original in a bucket says what it is, and that its thumbnails are there
+        if state == "adopt" and facts and await self._on_index_thread(self.backend.files.present, thumb_paths.values()):
+            made = self._record(url, record["path"], thumb_paths, facts)
+            return await self._on_index_thread(self.stored.keep, made, record["stored_at"]), "adopted"
+        # Else the thumbnails are made from the stored original, and its facts (sha256,
+        # size) come from its own bytes, as after a download.
         try:
-            facts = await self._run("rethumb", store_path(self.root, record["path"]), thumb_paths)
+            facts = await self._run("rethumb", self.backend.locate(record["path"]), self._thumbs(thumb_paths),
+                                    self.max_pixels, self.backend.writer)
         except Exception:
             if state == "rethumb":
                 raise
@@ -124,7 +210,8 @@ class ImageStorage:
     async def store(self, url: str, body: bytes, path: str, thumb_paths: dict[str, str]) -> tuple[dict, bool]:
         """Check, store and record a downloaded image: ``(record, duplicate)``, where
         ``duplicate`` means its bytes were already stored under another URL and are kept once."""
-        facts = await self._run("process_image", store_path(self.root, path), thumb_paths, body)
+        facts = await self._run("process_image", body, self.backend.locate(path), self._thumbs(thumb_paths),
+                                self.max_pixels, self.min_size, self.backend.writer)
         record = self._record(url, path, thumb_paths, facts)
         kept = await self._on_index_thread(self.stored.keep, record)
         return kept, kept["path"] != record["path"]
@@ -138,7 +225,7 @@ class ImageStorage:
 
     def _inside(self, path: str) -> bool:
         try:
-            store_path(self.root, path)
+            self.backend.locate(path)
         except Failed:
             return False  # a download would be refused too, and says so then
         return True
