@@ -75,14 +75,14 @@ class StoreFailures:
         self.root = root
         self.failed = False
 
-    def report(self, reason: str, exc: BaseException) -> bool:
-        """Log the line (the exception's own ``message``, if it has one) unless it was
+    def report(self, reason: str, exc: BaseException, message: str | None = None) -> bool:
+        """Log the line (``message``, or the exception's own, or the reason's) unless it was
         logged already; True the first time."""
         if self.failed:
             return False
         self.failed = True
         detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-        message = getattr(exc, "message", None) or STORE_FAILURES[reason].format(root=self.root, detail=detail)
+        message = message or getattr(exc, "message", None) or STORE_FAILURES[reason].format(root=self.root, detail=detail)
         logger.error("imgcrawl: %s", message)
         return True
 

@@ -258,8 +258,10 @@ class Files:
     methods for its own locations."""
 
     @staticmethod
-    def write(path: str, data: bytes, fmt: str | None = None, facts: dict | None = None) -> None:
-        atomic_write(path, data)
+    def write_all(writes: list[tuple[str, bytes, str, dict | None]]) -> None:
+        """Each ``(path, data, format, facts)``: ``data`` to ``path``, whole or not at all."""
+        for path, data, _, _ in writes:
+            atomic_write(path, data)
 
     @staticmethod
     def read(path: str) -> bytes:
@@ -274,9 +276,9 @@ def process_image(
     min_size: tuple[int, int] = (0, 0),
     store=Files,
 ) -> dict:
-    """Validate ``data``, write each thumbnail ``{name: ((w, h), path)}`` as JPEG and then
-    ``data`` unchanged to ``original_path``, into ``store``. Returns :class:`ImageFacts` as
-    a dict. The original comes last, with its facts: once it is there, so is the rest.
+    """Validate ``data``, write it unchanged to ``original_path`` (with its facts, which a
+    bucket keeps as the object's metadata) and each thumbnail ``{name: ((w, h), path)}`` as
+    JPEG, into ``store``. Returns :class:`ImageFacts` as a dict.
 
     Raises :class:`ImageError` for anything that is not a decodable image, or one smaller
     than ``min_size`` (``IMAGES_MIN_WIDTH``/``_HEIGHT``, as displayed: after EXIF rotation);
@@ -290,7 +292,7 @@ def process_image(
         # thumbnail without an SVG renderer.
         facts = ImageFacts("SVG", 0, 0, len(data), hashlib.sha256(data).hexdigest()).as_dict()
         if original_path:
-            store.write(original_path, data, "SVG", facts)
+            store.write_all([(original_path, data, "SVG", facts)])
         return facts
     image = open_image(data, max_pixels)
     fmt = image.format or fmt or "unknown"
@@ -322,12 +324,14 @@ def process_image(
         raise
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams raise many types
         raise ImageError("undecodable", str(exc) or type(exc).__name__) from None
+    writes = []
     for name, (blob, size) in encoded.items():
-        store.write(thumbs[name][1], blob, "JPEG")
+        writes.append((thumbs[name][1], blob, "JPEG", None))
         facts.thumbs[name] = list(size)
     facts = facts.as_dict()
     if original_path:
-        store.write(original_path, data, fmt, facts)
+        writes.append((original_path, data, fmt, facts))
+    store.write_all(writes)
     return facts
 
 

@@ -182,7 +182,11 @@ class StoredImages:
         only its thumbnails are for other sizes; ``("adopt", {"path", "stored_at"})`` when the
         URL has no record but a fresh file is at one of the ``unrecorded`` paths (where its
         download would have been written); None when it must be downloaded."""
-        found = self.index.get(url)
+        return self.check(self.index.get(url), unrecorded)
+
+    def check(self, found: tuple[dict, float] | None, unrecorded: Iterable[str] = ()) -> tuple[str, dict] | None:
+        """:meth:`lookup` once the index has answered ``found``: the files' part alone, which
+        for a bucket may run on other threads than the index's."""
         if not found:
             return self._unrecorded(unrecorded)
         record, stored_at = found

@@ -217,11 +217,12 @@ class GalleryImagesPipeline(ImagesPipeline):
             # index creates the store directory: the first write, so the place to learn it fails.
             index = RedisIndex(self.redis_url) if self.redis_url else SQLiteIndex(self.index_path)
         except (OSError, sqlite3.Error) as exc:
-            self._refuse_store(store_failure(exc) or "store-not-writable", exc)
+            reason = store_failure(exc) or "store-not-writable"
+            self._refuse_store(reason, exc, self.store.index_failure(self.index_path, exc))
         self.storage.open(self.worker_pool(self.worker_count), index)
 
-    def _refuse_store(self, reason: str, exc: BaseException):
-        self.store_failures.report(reason, exc)
+    def _refuse_store(self, reason: str, exc: BaseException, message: str | None = None):
+        self.store_failures.report(reason, exc, message)
         raise CloseSpider(reason.replace("-", "_")) from None
 
     async def close_spider(self, spider=None) -> None:

@@ -26,6 +26,7 @@ import os
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,9 @@ KEY_MAX = 1024
 MAX_ATTEMPTS = 5
 # An endpoint that accepts no connection is reported after this, not botocore's 60 s.
 CONNECT_TIMEOUT = 10
+# Requests to a bucket at once from one process, unless AWS_MAX_POOL_CONNECTIONS says (botocore's
+# own default pool size).
+DEFAULT_CONNECTIONS = 10
 # Scrapy's IMAGES_STORE_S3_ACL default. Objects are private anyway, and buckets made since
 # 2023 refuse any ACL but the owner's, so this one is not sent.
 DEFAULT_ACL = "private"
@@ -280,8 +284,19 @@ class S3Objects:
 
     # Used by the image workers (``key`` from :meth:`locate`).
 
+    def write_all(self, writes: list[tuple[str, bytes, str, dict | None]]) -> None:
+        """Each ``(key, data, format, facts)`` as :meth:`write`, all at once: an image costs
+        one round trip, not one per thumbnail. The first failure is raised."""
+        if len(writes) == 1:
+            self.write(*writes[0])
+            return
+        for done in [_uploads().submit(self.write, *write) for write in writes]:
+            done.result()
+
     def write(self, key: str, data: bytes, fmt: str | None = None, facts: dict | None = None) -> None:
-        """Put one object with its media type; an original's ``facts`` go with it as metadata."""
+        """Put one object with its media type; an original's ``facts`` go with it as metadata.
+        Written whole or not at all (a PUT), so no order between an image's objects matters:
+        whoever finds an original without its record checks its thumbnails too."""
         extra = {"ContentType": MEDIA_TYPES.get(fmt or "", "application/octet-stream")}
         if fmt == "SVG":
             # Shown by <img> anywhere (which runs no script), never opened as a page on the
@@ -373,6 +388,12 @@ class S3Objects:
         with open(path, "rb") as body:
             self._call(f"PUT {relative}", self.client.put_object, Key=self.locate(relative), Body=body,
                        ContentType=content_type, **extra, **conditions)
+
+
+@functools.cache
+def _uploads() -> ThreadPoolExecutor:
+    """The threads this process uploads an image's objects on, together."""
+    return ThreadPoolExecutor(DEFAULT_CONNECTIONS, thread_name_prefix="imgcrawl-upload")
 
 
 def _digest(signature: str) -> str:

@@ -19,7 +19,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from imgcrawl import imaging, s3
 from imgcrawl.failures import Failed
 from imgcrawl.index import LocalFiles, RedisIndex, SQLiteIndex, StoredImages
-from imgcrawl.workerpool import BatchingThread, ProcessWorkers, ThreadWorkers
+from imgcrawl.workerpool import BatchingThread, ProcessWorkers, Threads, ThreadWorkers
 
 # Longest file name most filesystems take (ext4, APFS, NTFS): longer fails on write.
 NAME_MAX = 255
@@ -33,6 +33,7 @@ class LocalStore:
     """
 
     writer = imaging.Files  # the workers write the files at absolute paths
+    connections = 0  # its files are checked on the index thread, a stat at a time
 
     def __init__(self, uri: str):
         self.root = Path(str(uri).removeprefix("file://")).resolve()
@@ -49,6 +50,9 @@ class LocalStore:
 
     def default_index(self) -> Path:
         return self.root / ".imgcrawl" / "index.sqlite"
+
+    def index_failure(self, path: Path, exc: BaseException) -> None:
+        """None: an index that cannot be made is the store's own failure (STORE_FAILURES)."""
 
     def probe(self) -> None:
         """Nothing to check before the crawl: the index is made in the store."""
@@ -76,6 +80,11 @@ class ObjectStore:
         return self.objects
 
     @property
+    def connections(self) -> int:
+        """Threads that check the bucket: each check waits on a round trip."""
+        return self.objects.config.max_pool_connections or s3.DEFAULT_CONNECTIONS
+
+    @property
     def writer(self) -> s3.S3Objects:
         return self.objects
 
@@ -84,6 +93,12 @@ class ObjectStore:
 
     def default_index(self) -> Path:
         return s3.local_index_path(self.objects.config)
+
+    def index_failure(self, path: Path, exc: BaseException) -> str:
+        """The line for an index that cannot be made: it is not in the bucket, so say where."""
+        detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        return (f"cannot write the index of IMAGES_STORE {self} at {path} ({detail}): give this user write "
+                "permission there or choose another file with -s IMGCRAWL_INDEX=/path/to/index.sqlite")
 
     def probe(self) -> None:
         self.objects.probe()
@@ -146,6 +161,9 @@ class ImageStorage:
         self.min_size = min_size
         self.signature = thumbs_signature(thumbs)
         self.index_thread = BatchingThread("imgcrawl-index")
+        # A bucket's objects are checked (HEAD, LIST) on threads of their own, many at once;
+        # a directory's files on the index thread, with the index lookup that names them.
+        self.checks = Threads(store.connections, "imgcrawl-s3") if store.connections else None
         self.workers: ProcessWorkers | ThreadWorkers | None = None
         self.stored: StoredImages | None = None
 
@@ -160,12 +178,18 @@ class ImageStorage:
     async def close(self) -> None:
         if self.workers is not None:
             await maybe_deferred_to_future(self.workers.close())
+        if self.checks is not None:
+            await maybe_deferred_to_future(self.checks.stop())
         await maybe_deferred_to_future(
             self.index_thread.close(self.stored.index.close if self.stored is not None else None)
         )
 
     def _on_index_thread(self, fn, *args):
         return maybe_deferred_to_future(self.index_thread.call(fn, *args))
+
+    def _on_files_thread(self, fn, *args):
+        """Where the store's files are checked: a pool of threads for a bucket, else the index thread."""
+        return maybe_deferred_to_future(self.checks.run(fn, *args)) if self.checks else self._on_index_thread(fn, *args)
 
     def _thumbs(self, thumb_paths: dict[str, str]) -> dict[str, tuple[tuple[int, int], str]]:
         return {n: (self.thumbs[n], self.backend.locate(p)) for n, p in thumb_paths.items()}
@@ -182,14 +206,18 @@ class ImageStorage:
         made from it."""
         # The alternatives differ only in their extension: inside the store if it is.
         candidates = imaging.with_each_extension(unrecorded) if unrecorded and self._inside(unrecorded) else []
-        found = await self._on_index_thread(self.stored.lookup, url, candidates)
+        if self.checks is None:
+            found = await self._on_index_thread(self.stored.lookup, url, candidates)
+        else:
+            recorded = await self._on_index_thread(self.stored.index.get, url)
+            found = await self._on_files_thread(self.stored.check, recorded, candidates)
         if found is None:
             return None
         state, record = found
         if state == "uptodate":
             return record, "uptodate"
         facts = record.get("facts")  # an original in a bucket says what it is, and that its thumbnails are there
-        if state == "adopt" and facts and await self._on_index_thread(self.backend.files.present, thumb_paths.values()):
+        if state == "adopt" and facts and await self._on_files_thread(self.backend.files.present, thumb_paths.values()):
             made = self._record(url, record["path"], thumb_paths, facts)
             return await self._on_index_thread(self.stored.keep, made, record["stored_at"]), "adopted"
         # Else the thumbnails are made from the stored original, and its facts (sha256,

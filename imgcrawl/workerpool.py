@@ -213,7 +213,7 @@ def _without_frames(failure: Failure) -> Failure:
     return failure
 
 
-class _Threads:
+class Threads:
     """A Twisted thread pool of our own: the reactor's is sized by Scrapy's
     REACTOR_THREADPOOL_MAXSIZE and resolves DNS, which image work must not crowd out.
 
@@ -285,7 +285,7 @@ class ThreadWorkers:
     """``size`` threads in this process (``IMGCRAWL_WORKER_POOL=thread``)."""
 
     def __init__(self, size: int):
-        self.threads = _Threads(size, "imgcrawl-image")
+        self.threads = Threads(size, "imgcrawl-image")
 
     def submit(self, name: str, *args) -> Deferred:
         return self.threads.run(JOBS[name], *args)
@@ -303,7 +303,7 @@ class BatchingThread:
     in the order made: what they use (an SQLite connection) belongs to one thread."""
 
     def __init__(self, name: str, window: float = 0.02):
-        self.thread = _Threads(1, name)
+        self.thread = Threads(1, name)
         self.window = window
         self.calls: list[tuple] = []
         self.timer = None

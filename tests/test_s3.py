@@ -168,6 +168,11 @@ def test_two_workers_fill_one_bucket(seaweed, redis_url, shared_site, tmp_path):
     client.close()
 
 
+def cache_under_a_file(tmp_path: Path) -> dict:
+    (tmp_path / "a-file").write_text("")
+    return {"XDG_CACHE_HOME": str(tmp_path / "a-file" / "cache")}
+
+
 def hidden_botocore(tmp_path: Path) -> dict:
     stub = tmp_path / "nobotocore" / "botocore"
     stub.mkdir(parents=True)
@@ -187,6 +192,9 @@ STORE_ERRORS = [
      ["AccessDenied", "allow s3:ListBucket, s3:GetObject, s3:PutObject"], "store_not_writable"),
     ("nothing listening", "crawler", {"AWS_ENDPOINT_URL": "http://127.0.0.1:{free_port}"}, None,
      ["cannot reach IMAGES_STORE s3://errors/x/ at http://127.0.0.1:", "check AWS_ENDPOINT_URL"], "store_unreachable"),
+    ("index not writable", "crawler", {}, cache_under_a_file,
+     ["cannot write the index of IMAGES_STORE s3://errors/x/ at ", "a-file/cache/imgcrawl/s3-errors-",
+      "-s IMGCRAWL_INDEX=/path/to/index.sqlite"], "store_not_writable"),
     ("no botocore", "crawler", {}, hidden_botocore,
      ["an S3 store needs botocore: pip install 'imgcrawl[s3]'"], "bad_setting"),
 ]
