@@ -104,6 +104,7 @@ def test_crawl_into_a_bucket_byte_exact_and_recrawls_fetch_nothing(seaweed, site
     assert not (tmp_path / "s3:").exists() and "Contact sheet: s3://single/crawl/index.html" in first.log
     fetched = image_hits(site)
     assert set(fetched.values()) == {1}, fetched
+    written = {key: obj["LastModified"] for key, obj in objects.items() if "/thumbs/" in key}
 
     # Again: nothing in the bucket is fetched again, and the manifest grows by the crawl's lines.
     finished(again := s3_crawl(tmp_path, seaweed, url, store))
@@ -121,6 +122,8 @@ def test_crawl_into_a_bucket_byte_exact_and_recrawls_fetch_nothing(seaweed, site
     assert {p: n for p, n in image_hits(site).items() if p not in copies} == {p: 1 for p in IMAGES if p not in copies}
     assert sorted(site.hits[p] for p in copies) == [1, 2]
     assert f"'imgcrawl/adopted': {len(IMAGES) - 1}" in elsewhere.log
+    # ... and taken as they are: no thumbnail made (and written) again from a read-back original.
+    assert {key: obj["LastModified"] for key, obj in seaweed.objects(bucket, "crawl/thumbs/").items()} == written
     fetched = image_hits(site)
 
     # The bucket emptied under the index: the index is not believed, everything is stored again.
@@ -171,6 +174,31 @@ def test_two_workers_fill_one_bucket(seaweed, redis_url, shared_site, tmp_path):
 def cache_under_a_file(tmp_path: Path) -> dict:
     (tmp_path / "a-file").write_text("")
     return {"XDG_CACHE_HOME": str(tmp_path / "a-file" / "cache")}
+
+
+def test_concurrent_appends_to_one_manifest_lose_no_line(seaweed, tmp_path):
+    """Workers ending together each add their lines to the one manifest: read, extend, and
+    write back only if nobody wrote in between (else again)."""
+    from scrapy.settings import Settings
+
+    from imgcrawl.s3 import S3FeedStorage
+
+    bucket = seaweed.bucket("appends")
+    settings = Settings({**seaweed.settings(), "AWS_VERIFY": "False"})
+
+    def crawl_ends(worker: int) -> None:
+        for n in range(8):
+            feed = S3FeedStorage(f"s3://{bucket}/m/manifest.jsonl", settings,
+                                 feed_options={"overwrite": False, "format": "jsonlines"})
+            lines = tmp_path / f"{worker}-{n}.jsonl"
+            lines.write_text(f'{{"worker": {worker}, "n": {n}}}\n')
+            with lines.open("rb") as file:
+                feed._append(Path(file.name))
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(crawl_ends, range(3)))
+    lines = manifest(seaweed.objects(bucket), "m/manifest.jsonl")
+    assert sorted((line["worker"], line["n"]) for line in lines) == [(w, n) for w in range(3) for n in range(8)]
 
 
 def hidden_botocore(tmp_path: Path) -> dict:
