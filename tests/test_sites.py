@@ -142,9 +142,8 @@ def test_crawl_with_an_unknown_site_stops_with_one_line(tmp_path):
     assert "'finish_reason': 'bad_argument'" in result.log
 
 
-def test_readme_profile_example_is_a_valid_profile(tmp_path):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Add your site"):]
+def test_documented_profile_example_is_a_valid_profile(tmp_path):
+    section = (Path(__file__).resolve().parent.parent / "docs" / "add-your-site.md").read_text()
     toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
     profile = sites.load_profile(write(tmp_path, toml))
     assert profile.items == "div.gallery figure" and profile.settings["DOWNLOAD_DELAY"] == 0.5
