@@ -79,6 +79,34 @@ def robots_download_error(record: logging.LogRecord):
     return None
 
 
+# -- the crawl command and the log's start and end ------------------------------------
+
+
+def create_crawler(command, spider_name: str):
+    """The crawler Scrapy's crawl ``command`` would build for ``spider_name``: with its
+    warning for feeds (``-o``) that no enabled extension would write. Raises KeyError for an
+    unknown spider, as ``CrawlerProcess.create_crawler`` does."""
+    return command._create_crawler(spider_name)
+
+
+# Scrapy's INFO records at a crawl's start and end that say how Scrapy is set up, not what
+# the crawl does: its version table, component lists, overridden settings, the stats dump,
+# and lines the summary repeats. Logger name -> the start of each record's message.
+SCRAPY_DETAIL_RECORDS = {
+    "scrapy.utils.log": ("Scrapy %(version)s started", "Versions:"),
+    "scrapy.addons": ("Enabled addons:",),
+    "scrapy.middleware": ("Enabled %(componentname)ss:",),
+    "scrapy.crawler": ("Overridden settings:",),
+    "scrapy.statscollectors": ("Dumping Scrapy stats:",),
+    "scrapy.extensions.feedexport": ("Stored %s",),
+    "scrapy.core.engine": ("Spider closed (%(reason)s)",),
+}
+
+
+def is_scrapy_detail(record: logging.LogRecord) -> bool:
+    return str(record.msg).startswith(SCRAPY_DETAIL_RECORDS.get(record.name, ()))
+
+
 # -- stats -----------------------------------------------------------------------------
 
 

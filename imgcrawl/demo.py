@@ -9,11 +9,9 @@ detail pages, and one broken image to show how failures are reported.
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import random
-import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -162,25 +160,15 @@ def twisted_site(files: dict[str, tuple[str, bytes]]):
     return server.Site(Files())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="imgcrawl", description="imgcrawl tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="crawl a generated local gallery (no network)")
-    demo.add_argument("--store", default="demo-images", help="where to put images (default: %(default)s)")
-    demo.add_argument("--pages", type=int, default=3, help="gallery pages (default: %(default)s)")
-    args = parser.parse_args(argv)
-    return run_demo(Path(args.store), args.pages)
-
-
-def run_demo(store: Path, pages: int) -> int:
+def run_demo(settings, store: Path, pages: int) -> int:
+    """Crawl a ``pages``-page demo gallery into ``store`` with the project's ``settings``;
+    the crawl's exit status."""
     from scrapy.crawler import CrawlerProcess  # noqa: PLC0415
-    from scrapy.utils.project import get_project_settings  # noqa: PLC0415
 
-    from imgcrawl import settings as defaults  # noqa: PLC0415
+    from imgcrawl import exitstatus, logfilters  # noqa: PLC0415
 
-    settings = get_project_settings()
-    if settings.get("BOT_NAME") != defaults.BOT_NAME:  # run outside the project dir
-        settings.setmodule(defaults, priority="project")
+    if settings.getbool("IMGCRAWL_BRIEF_LOG"):
+        logfilters.brief_log()
     settings.set("IMAGES_STORE", str(store.resolve()), priority="cmdline")
     # The demo site is on 127.0.0.1 on purpose: lift the SSRF guard for this crawl only.
     settings.set("IMGCRAWL_ALLOW_PRIVATE", True, priority="cmdline")
@@ -208,8 +196,5 @@ def run_demo(store: Path, pages: int) -> int:
         f"               wall time: {elapsed:.2f} s",
         flush=True,
     )
-    return 0 if stored else 1
+    return exitstatus.exit_status(stats)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,9 @@
-"""What a person watching a crawl sees: a progress line, a summary, a contact sheet.
+"""What a person watching a crawl sees: a progress display, a summary, a contact sheet.
 
-* :class:`Progress` logs one INFO line every ``IMGCRAWL_PROGRESS_INTERVAL`` seconds and a
-  summary when the spider closes, and leaves the averages in the stats.
+* :class:`Progress` says what the crawl is about to do, then shows its progress: on a
+  terminal one live display (:mod:`imgcrawl.live`), else one INFO line every
+  ``IMGCRAWL_PROGRESS_INTERVAL`` seconds; the summary is the last line of the crawl. It
+  leaves its counts and averages in the stats.
 * :class:`ContactSheet` writes ``index.html`` in ``IMAGES_STORE`` (a directory or a bucket)
   when the spider closes.
 
@@ -12,138 +14,217 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
+import scrapy
 from itemadapter import ItemAdapter
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.http.request import NO_CALLBACK
+from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from imgcrawl import contact_sheet, s3
+import imgcrawl
+from imgcrawl import contact_sheet, exitstatus, live, progress, s3
 from imgcrawl.failures import Failed, store_failure
 from imgcrawl.manifest import LOST_STAT, fill_feed_uri
+from imgcrawl.progress import MB
 from imgcrawl.workerpool import BatchingThread
 
 logger = logging.getLogger(__name__)
 
 STORED = ("downloaded", "cached")
 SKIPPED = ("uptodate",)
-MB = 1024 * 1024
+LIVE_REFRESH = 0.5  # seconds between redraws of the live display
+LIVE_RATE_WINDOW = 10  # samples: its rates are over the last 5 s
+WAITING_SHOWN = 3  # requests named in the live display
 
 
 class Progress:
-    """Counts pages and images; logs a progress line every interval and a summary at close."""
+    """Counts pages and images; shows progress while the crawl runs, a summary at its end."""
 
-    def __init__(self, crawler, interval: float):
+    def __init__(self, crawler, interval: float, stalled_after: float, show_live: bool):
         self.crawler = crawler
         self.stats = crawler.stats
         self.interval = interval
-        self.pages = self.stored = self.skipped = self.failed = self.bytes = 0
-        self.failures: dict[str, list] = {}  # reason -> [count, first URL]; bounded by reasons
+        self.stalled_after = stalled_after
+        self.counts = progress.Counts()
+        self.inflight = progress.InFlight()
+        self.display = live.LiveDisplay(self.title()) if show_live else None
         self.task = None
+        self.started = time.monotonic()
+        self.ended: tuple[str, float] | None = None  # (reason, seconds) once the spider closed
 
     @classmethod
     def from_crawler(cls, crawler):
-        o = cls(crawler, crawler.settings.getfloat("IMGCRAWL_PROGRESS_INTERVAL", 10.0))
-        crawler.signals.connect(o.spider_opened, signal=signals.spider_opened)
-        crawler.signals.connect(o.spider_closed, signal=signals.spider_closed)
-        crawler.signals.connect(o.response_received, signal=signals.response_received)
-        crawler.signals.connect(o.item_scraped, signal=signals.item_scraped)
+        settings = crawler.settings
+        o = cls(crawler, settings.getfloat("IMGCRAWL_PROGRESS_INTERVAL", 10.0),
+                settings.getfloat("IMGCRAWL_STALLED_AFTER", 5.0), live.wanted(settings))
+        for handler, signal in (
+            (o.spider_opened, signals.spider_opened),
+            (o.spider_closed, signals.spider_closed),
+            (o.engine_stopped, signals.engine_stopped),
+            (o.response_received, signals.response_received),
+            (o.item_scraped, signals.item_scraped),
+            (o.request_reached_downloader, signals.request_reached_downloader),
+            (o.request_left_downloader, signals.request_left_downloader),
+        ):
+            crawler.signals.connect(handler, signal=signal)
+        o.log_start()
         return o
 
+    # -- what the crawl is about to do -------------------------------------------------
+
+    def store(self) -> Path | str:
+        """Where the images go: a directory, or a bucket's URI (without its last slash)."""
+        store = self.crawler.settings.get("IMAGES_STORE") or "."
+        return store.rstrip("/") if s3.is_s3(store) else Path(store).resolve()
+
+    def title(self) -> str:
+        return f"imgcrawl {self.crawler.spidercls.name} -> {self.store()}"
+
+    def log_start(self) -> None:
+        """A few INFO lines: versions, where the output goes, the crawl's key settings."""
+        settings, spider = self.crawler.settings, self.crawler.spider
+        urls = list(getattr(spider, "start_urls", None) or ())
+        shown = ", ".join(urls[:3]) + (f" and {len(urls) - 3} more" if len(urls) > 3 else "")
+        limits = [f"{n} {what}" for what in ("images", "pages") if (n := getattr(spider, f"max_{what}", None))]
+        politeness = (
+            f"{settings.getint('CONCURRENT_REQUESTS')} requests at once, "
+            f"{settings.getint('CONCURRENT_REQUESTS_PER_DOMAIN')} per host, "
+            f"{settings.getfloat('DOWNLOAD_TIMEOUT'):g} s timeout, "
+            f"robots.txt {'obeyed' if settings.getbool('ROBOTSTXT_OBEY') else 'ignored'}"
+        )
+        lines = [
+            f"imgcrawl {imgcrawl.__version__} (Scrapy {scrapy.__version__}, Python {platform.python_version()}): "
+            f"spider {self.crawler.spidercls.name}, images to {self.store()}",
+            f"Crawling {shown or '(no start URL given)'} | "
+            f"{'at most ' + ', '.join(limits) if limits else 'no image or page limit'} | {politeness}",
+        ]
+        given = {name: value for name, value in settings.items()  # IMAGES_STORE is said above
+                 if settings.getpriority(name) == SETTINGS_PRIORITIES["cmdline"] and name != "IMAGES_STORE"}
+        if given:
+            lines.append("Settings given: " + ", ".join(
+                f"{name}={progress.redacted(name, value)}" for name, value in sorted(given.items())))
+        for line in lines:
+            logger.info(line)
+
+    # -- counting ------------------------------------------------------------------------
+
     def spider_opened(self, spider) -> None:
-        self.started = self.last_time = time.monotonic()
-        self.last_images = self.last_bytes = 0
-        if self.interval > 0:  # 0 turns the line off; the summary stays
+        self.started = time.monotonic()
+        if self.display is not None:
+            self.display.start()
+            self.rates = progress.Rates(LIVE_RATE_WINDOW)
+            self.task = create_looping_call(self.refresh, spider)
+            self.task.start(LIVE_REFRESH, now=True)
+        elif self.interval > 0:  # 0 turns the line off; the summary stays
+            self.rates = progress.Rates(2)  # the rates over the last interval
+            self.rates.sample(self.started, 0, 0)
             self.task = create_looping_call(self.log_progress, spider)
             self.task.start(self.interval, now=False)
 
     def response_received(self, response, request, spider) -> None:
-        # Image and robots.txt requests have no callback; pages do.
-        if request.callback is not NO_CALLBACK:
-            self.pages += 1
+        # Image and robots.txt requests have no callback; pages do. A page that failed
+        # (an HTTP error) is reported as a failure, not counted.
+        if request.callback is not NO_CALLBACK and 200 <= response.status < 300:
+            self.counts.pages += 1
+
+    def request_reached_downloader(self, request, spider) -> None:
+        self.inflight.add(request, request.url, time.monotonic())
+
+    def request_left_downloader(self, request, spider) -> None:
+        self.inflight.remove(request)
 
     def item_scraped(self, item, response, spider) -> None:
         adapter = ItemAdapter(item)
         status = adapter.get("status")
+        counts = self.counts
         if status in STORED:
-            self.stored += 1
-            self.bytes += adapter.get("bytes") or 0
+            counts.stored += 1
+            counts.bytes += adapter.get("bytes") or 0
         elif status in SKIPPED:
-            self.skipped += 1
+            counts.skipped += 1
         elif status == "failed":
-            self.failed += 1
-            entry = self.failures.setdefault(adapter.get("reason") or "unknown", [0, adapter.get("url")])
+            counts.failed += 1
+            entry = counts.failures.setdefault(adapter.get("reason") or "unknown", [0, adapter.get("url")])
             entry[0] += 1
 
-    @property
-    def done(self) -> int:
-        return self.stored + self.skipped + self.failed
+    # -- showing progress ----------------------------------------------------------------
 
     def queue_depth(self, spider) -> tuple[int, int]:
         """(pages waiting in the scheduler, images queued by the spider but not finished)."""
         scheduler = self.crawler.engine.scheduler if self.crawler.engine else None
         pages = len(scheduler) if scheduler is not None and hasattr(scheduler, "__len__") else 0
-        return pages, max(0, getattr(spider, "images_queued", self.done) - self.done)
+        done = self.counts.done
+        return pages, max(0, getattr(spider, "images_queued", done) - done)
 
-    def eta(self, spider, now: float) -> str:
-        limit = getattr(spider, "max_images", None)
+    def snapshot(self, spider, waiting_shown: int) -> progress.Snapshot:
+        now = time.monotonic()
         elapsed = now - self.started
-        if not limit or not self.done or elapsed <= 0:
-            return ""
-        seconds = max(0, limit - self.done) / (self.done / elapsed)
-        return f", ETA {timedelta(seconds=round(seconds))}"
+        counts = self.counts
+        images_rate, mb_rate = self.rates.sample(now, counts.done, counts.bytes)
+        pages_queued, images_queued = self.queue_depth(spider)
+        limit = getattr(spider, "max_images", None)
+        waiting, waiting_count = self.inflight.waiting(now, self.stalled_after, waiting_shown)
+        return progress.Snapshot(
+            counts, elapsed, images_rate, mb_rate, pages_queued, images_queued, limit,
+            progress.eta(counts.done, limit, elapsed), self.stalled_after, waiting, waiting_count,
+        )
 
     def log_progress(self, spider) -> None:
-        now = time.monotonic()
-        span = max(now - self.last_time, 1e-6)
-        images_rate = (self.done - self.last_images) / span
-        mb_rate = (self.bytes - self.last_bytes) / MB / span
-        self.last_time, self.last_images, self.last_bytes = now, self.done, self.bytes
-        pages_waiting, images_waiting = self.queue_depth(spider)
-        logger.info(
-            "Progress: %d pages, %d images stored, %d skipped, %d failed | "
-            "%.1f images/s, %.2f MB/s | queue: %d pages, %d images%s",
-            self.pages, self.stored, self.skipped, self.failed,
-            images_rate, mb_rate, pages_waiting, images_waiting, self.eta(spider, now),
-            extra={"spider": spider},
-        )
+        logger.info(progress.progress_line(self.snapshot(spider, 1)), extra={"spider": spider})
+
+    def refresh(self, spider) -> None:
+        snapshot = self.snapshot(spider, WAITING_SHOWN)
+        self.display.update(progress.display_lines(snapshot), progress.waiting_lines(snapshot))
+
+    # -- the end -------------------------------------------------------------------------
 
     def spider_closed(self, spider, reason: str) -> None:
         if self.task is not None and self.task.running:
             self.task.stop()
+        if self.display is not None:
+            self.display.stop()
         elapsed = max(time.monotonic() - self.started, 1e-6)
+        counts = self.counts
         for key, value in (
-            ("pages", self.pages),
-            ("images_per_second", round(self.done / elapsed, 2)),
-            ("mb_per_second", round(self.bytes / MB / elapsed, 3)),
+            (exitstatus.PAGES_STAT, counts.pages),
+            ("imgcrawl/images_per_second", round(counts.done / elapsed, 2)),
+            ("imgcrawl/mb_per_second", round(counts.bytes / MB / elapsed, 3)),
         ):
-            self.stats.set_value(f"imgcrawl/{key}", value)
-        logger.info(self.summary(spider, reason, elapsed), extra={"spider": spider})
+            self.stats.set_value(key, value)
+        self.ended = (reason, elapsed)
 
-    def summary(self, spider, reason: str, elapsed: float) -> str:
-        settings = self.crawler.settings
-        store = settings.get("IMAGES_STORE") or "."
-        store = store.rstrip("/") if s3.is_s3(store) else Path(store).resolve()
+    def engine_stopped(self) -> None:
+        # After Scrapy's last lines of the crawl (and its stats dump): the summary is the last.
+        if self.ended is not None:
+            logger.info(self.summary(*self.ended))
+
+    def summary(self, reason: str, elapsed: float) -> str:
+        settings, counts = self.crawler.settings, self.counts
+        store = self.store()
         lines = [
-            f"Summary ({reason}): {self.stored} images stored ({self.bytes / MB:.1f} MB), "
-            f"{self.skipped} already stored, {self.failed} failed, {self.pages} pages "
-            f"in {elapsed:.1f} s ({self.done / elapsed:.1f} images/s)"
+            f"Summary ({reason}): {counts.stored} images stored ({counts.bytes / MB:.1f} MB), "
+            f"{counts.skipped} already stored, {counts.failed} failed, {counts.pages} pages "
+            f"in {elapsed:.1f} s ({counts.done / elapsed:.1f} images/s)"
         ]
         lines += [
-            f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(self.failures.items())
+            f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(counts.failures.items())
         ]
         lines.append(f"  originals: {store}/full  thumbnails: {store}/thumbs")
-        feeds = [fill_feed_uri(uri, store, spider.name) or uri for uri in settings.getdict("FEEDS")]
+        feeds = [fill_feed_uri(uri, store, self.crawler.spidercls.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:
             lost = self.stats.get_value(LOST_STAT, 0)
             lines.append(f"  manifest: {', '.join(feeds)}" + (
                 f" ({lost} lines not written: the next crawl writes them)" if lost else ""))
+        status = exitstatus.exit_status(self.stats.get_stats())
+        if status != exitstatus.OK:
+            lines.append(f"  exit status {status}: {exitstatus.MEANINGS[status]}")
         return "\n".join(lines)
 
 

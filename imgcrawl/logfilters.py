@@ -9,6 +9,9 @@ enables explicitly (``EXTENSIONS = {"imgcrawl.logfilters.OneLineLogs": 0}``).
 
 The filters sit on Scrapy's loggers, which are process-wide: they are added when the
 crawler is built and removed when its engine stops, so nothing outlives the crawl.
+
+:func:`brief_log` (``IMGCRAWL_BRIEF_LOG``, called by the crawl command before Scrapy logs
+anything) moves Scrapy's set-up records to DEBUG for the life of the process.
 """
 
 from __future__ import annotations
@@ -20,6 +23,25 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from imgcrawl import compat
 from imgcrawl.failures import failure_reason
+
+
+class ScrapyDetailsAtDebug(logging.Filter):
+    """Scrapy's version table, component lists, overridden settings and stats dump as DEBUG
+    records: shown with ``-L DEBUG``, not at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if compat.is_scrapy_detail(record):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def brief_log() -> None:
+    """Put :class:`ScrapyDetailsAtDebug` on the loggers of those records, once per process."""
+    for name in compat.SCRAPY_DETAIL_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ScrapyDetailsAtDebug) for f in logger.filters):
+            logger.addFilter(ScrapyDetailsAtDebug())
+
 
 class DropOversizeAndDataLoss(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:

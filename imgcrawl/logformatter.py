@@ -12,6 +12,14 @@ import logging
 from scrapy.logformatter import LogFormatter
 
 
+def logs_at(settings, level: int) -> bool:
+    """Whether the crawl's log (``LOG_ENABLED``, ``LOG_LEVEL``) shows records of ``level``."""
+    threshold = settings.get("LOG_LEVEL")
+    if isinstance(threshold, str):
+        threshold = logging.getLevelName(threshold.upper())  # "DEBUG" -> 10; an unknown name stays a str
+    return settings.getbool("LOG_ENABLED") and isinstance(threshold, int) and threshold <= level
+
+
 class QuietLogFormatter(LogFormatter):
     """Scrapy's formatter; its two DEBUG lines are skipped (None) unless LOG_LEVEL shows them."""
 
@@ -20,11 +28,7 @@ class QuietLogFormatter(LogFormatter):
 
     @classmethod
     def from_crawler(cls, crawler):
-        settings = crawler.settings
-        level = settings.get("LOG_LEVEL")
-        if isinstance(level, str):
-            level = logging.getLevelName(level.upper())  # "DEBUG" -> 10; an unknown name stays a str
-        return cls(settings.getbool("LOG_ENABLED") and isinstance(level, int) and level <= logging.DEBUG)
+        return cls(logs_at(crawler.settings, logging.DEBUG))
 
     def crawled(self, request, response, spider):
         return super().crawled(request, response, spider) if self.debug else None

@@ -3,6 +3,8 @@
 BOT_NAME = "imgcrawl"
 SPIDER_MODULES = ["imgcrawl.spiders"]
 NEWSPIDER_MODULE = "imgcrawl.spiders"
+# `scrapy crawl` exits non-zero when a crawl did not do its job (imgcrawl/exitstatus.py).
+COMMANDS_MODULE = "imgcrawl.commands"
 
 # Honest: names the tool, so sites can identify and throttle us. Add a contact URL for your
 # crawl with -s USER_AGENT="imgcrawl/0.1 (+https://you.example/bot)".
@@ -158,3 +160,11 @@ EXTENSIONS = {
 # Scrapy's stats without their per-attribute deprecation shim, a cost paid on every request.
 STATS_CLASS = "imgcrawl.compat.StatsCollector"
 IMGCRAWL_PROGRESS_INTERVAL = 10
+# On a terminal (stderr a TTY) one live display replaces the progress lines; False keeps them.
+IMGCRAWL_LIVE_PROGRESS = True
+# A request in flight this many seconds is named in the progress display and line: a
+# stalled download otherwise shows only as a rate of 0.
+IMGCRAWL_STALLED_AFTER = 5
+# Scrapy's version table, component lists, overridden settings and stats dump at DEBUG, so
+# the start is a few lines and the summary is the last; False logs them at INFO as Scrapy does.
+IMGCRAWL_BRIEF_LOG = True

@@ -156,8 +156,9 @@ def crawl_command(store: Path | str, *args: str, spider: str = "gallery",
                   settings: dict | None = None, env: dict | None = None) -> tuple[list[str], dict]:
     """The ``scrapy crawl`` command line and environment (``env`` added) that :func:`run_crawl` runs."""
     cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
-    # The local test sites are on 127.0.0.1: lift the SSRF guard unless a test sets it.
-    for name, value in {"IMGCRAWL_ALLOW_PRIVATE": True, **(settings or {})}.items():
+    # The local test sites are on 127.0.0.1: lift the SSRF guard unless a test sets it. Tests
+    # read the crawl's stats from Scrapy's stats dump: keep it at INFO (IMGCRAWL_BRIEF_LOG).
+    for name, value in {"IMGCRAWL_ALLOW_PRIVATE": True, "IMGCRAWL_BRIEF_LOG": False, **(settings or {})}.items():
         cmd += ["-s", f"{name}={value}"]
     cmd += list(args)
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO), **(env or {})}

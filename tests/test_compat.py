@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import scrapy
 import twisted
-from conftest import LocalSite
+from conftest import LocalSite, run_crawl
 from scrapy.utils.test import get_crawler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,7 @@ PRIVATE_NAMES = [
     "scrapy.core.downloader.handlers.http11:_LenientHTTPClientParser.lineReceived",
     "scrapy.downloadermiddlewares.httpcompression:HttpCompressionMiddleware._handle_encoding",
     "scrapy.utils._compression:_DecompressionMaxSizeExceeded",
+    "scrapy.commands:BaseRunSpiderCommand._create_crawler",
 ]
 
 
@@ -639,3 +641,19 @@ def test_decompression_over_the_limit_raises_ours_without_scrapys_warning(caplog
     assert isinstance(caught.value.__cause__, compat.DecompressionMaxSizeExceeded), changed(
         "HttpCompressionMiddleware's IgnoreRequest for a body over the limit (its __cause__)"
     )
+
+
+# -- the crawl command and the log's start and end ---------------------------------------
+
+
+def test_scrapys_detail_records_at_info(demo_site, tmp_path):
+    """Each record IMGCRAWL_BRIEF_LOG moves to DEBUG is still logged, at INFO, by its logger."""
+    compat = load_compat()
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", "-a", "max_pages=1",
+                       settings={"IMGCRAWL_BRIEF_LOG": False})
+    assert result.returncode == 0, result.log[-3000:]
+    for name, prefixes in compat.SCRAPY_DETAIL_RECORDS.items():
+        for prefix in prefixes:
+            rendered = ".*".join(map(re.escape, re.split(r"%\(\w+\)s|%s", prefix)))  # its %-fields, any text
+            assert re.search(rf"\[{re.escape(name)}\] INFO: {rendered}", result.log), changed(
+                f"Scrapy's INFO record {prefix!r} of {name}")

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 from conftest import free_port, run_crawl
+from imgcrawl import exitstatus
 from imgcrawl.spiders.gallery import GallerySpider
 
 
@@ -23,16 +24,19 @@ def test_unknown_argument_one_line_with_known_ones(demo_site, tmp_path):
     assert len(errors) == 1, errors
     assert "unknown -a urls=...: did you mean -a url=...? known arguments: url, max_pages, max_images" in errors[0]
     assert "'finish_reason': 'bad_argument'" in result.log and "Traceback" not in result.log
+    assert result.returncode == exitstatus.USAGE
     assert not demo_site.hits
     # scrapyd adds _job (and any _-prefixed argument): accepted, the crawl runs.
     ok = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", "-a", "_job=abc123", "-a", "max_pages=1")
     assert "'finish_reason': 'finished'" in ok.log and not error_lines(ok.log), ok.log[-2000:]
+    assert ok.returncode == exitstatus.OK
 
 
 def test_site_down_one_line_each_for_robots_txt_and_the_page(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/gallery/"  # nothing listens there
     result = run_crawl(tmp_path, "-a", f"url={url}", settings={"RETRY_TIMES": 0})
-    assert result.returncode == 0, result.log[-3000:]
+    # Nothing could be crawled: a cron job or scrapyd sees a status of its own.
+    assert result.returncode == exitstatus.NOTHING_CRAWLED, result.log[-3000:]
     assert "Traceback" not in result.log and not error_lines(result.log), result.log[-3000:]
     warnings = [line for line in result.log.splitlines() if " WARNING: " in line]
     assert len(warnings) == 2, warnings
@@ -82,6 +86,7 @@ def test_store_not_writable_one_line(demo_site, tmp_path):
     assert f"cannot write to IMAGES_STORE {locked / 'store'} (Permission denied)" in errors[0]
     assert "-s IMAGES_STORE=" in errors[0]
     assert "'finish_reason': 'store_not_writable'" in result.log and "Traceback" not in result.log
+    assert result.returncode == exitstatus.STORE_FAILED
     assert not any(p.startswith("/img/") for p in demo_site.hits)
 
 
@@ -106,6 +111,7 @@ def test_full_disk_one_line_and_stops(demo_site, tmp_path):
     assert f"IMAGES_STORE {small / 'store'} is full (" in full[0]
     assert "-s IMAGES_STORE=" in full[0]
     assert "'finish_reason': 'disk_full'" in result.log
+    assert result.returncode == exitstatus.STORE_FAILED
     assert "Image failed (disk-full)" not in result.log  # said once, not once per image
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert any(line["status"] == "failed" and line["reason"] == "disk-full" for line in lines)

@@ -17,6 +17,7 @@ from PIL import Image
 from scrapy import Request
 
 from conftest import LocalSite, run_crawl
+from imgcrawl import exitstatus
 from imgcrawl import settings as defaults
 from imgcrawl.guard import is_public, proxy_of
 
@@ -164,7 +165,7 @@ def test_a_name_that_fails_once_is_refused_not_looked_up_again(tmp_path):
         result, queries = hostile_crawl(tmp_path, start, {"flaky.test": [None, "127.0.0.1"]})
     finally:
         site.stop()
-    assert result.returncode == 0, result.log[-3000:]
+    assert result.returncode == exitstatus.NOTHING_CRAWLED, result.log[-3000:]  # the start URL was refused
     assert sum(site.hits.values()) == 0  # not even robots.txt
     assert queries == ["flaky.test"]  # the guard's query only: nobody asked again
     refused = warnings(result.log, "dns")
@@ -189,7 +190,7 @@ def test_a_name_rebound_after_the_guards_check_connects_nowhere(tmp_path):
         )
     finally:
         site.stop()
-    assert result.returncode == 0, result.log[-3000:]
+    assert result.returncode == exitstatus.NOTHING_CRAWLED, result.log[-3000:]  # the start URL was refused
     assert queries == ["rebind.test", "rebind.test"]  # the guard's, then the downloader's
     assert sum(site.hits.values()) == 0 and site.connections == 0
     refused = warnings(result.log, "dns")
@@ -223,7 +224,7 @@ PROXY_DNS = {"gallery.test": ["93.184.216.34"], "metadata.test": ["169.254.169.2
 def test_a_proxy_is_refused_by_default(tmp_path, behind_proxy):
     proxy = behind_proxy
     result, _ = hostile_crawl(tmp_path, "http://gallery.test/", PROXY_DNS)
-    assert result.returncode == 0, result.log[-3000:]
+    assert result.returncode == exitstatus.NOTHING_CRAWLED, result.log[-3000:]  # the start URL was refused
     assert sum(proxy.hits.values()) == 0 and proxy.connections == 0
     refused = warnings(result.log, "proxy")
     assert len(refused) == 1 and "http://gallery.test/" in refused[0] and proxy.url("") in refused[0]

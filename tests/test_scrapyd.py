@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from conftest import REPO, free_port
+from imgcrawl import exitstatus
 from test_crawl import expected_images
 
 USER, PASSWORD = "crawler", "s3cret-test"
@@ -142,7 +144,8 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
     print(f"\nscrapyd: deploy + two jobs in {time.monotonic() - started:.1f} s")
 
     log = (home / "logs" / "imgcrawl" / "gallery" / f"{good['jobid']}.log").read_text()
-    assert "'finish_reason': 'finished'" in log and "Traceback" not in log, log[-3000:]
+    # The job runs with the brief log a user gets: the summary (with the close reason) is last.
+    assert "Summary (finished): 18 images stored" in log and "Traceback" not in log, log[-3000:]
     items = [json.loads(line) for line in
              (home / "items" / "imgcrawl" / "gallery" / f"{good['jobid']}.jl").read_text().splitlines()]
     by_url = {item["url"]: item for item in items}
@@ -157,4 +160,8 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
     bad_log = (home / "logs" / "imgcrawl" / "gallery" / f"{bad['jobid']}.log").read_text()
     errors = [line for line in bad_log.splitlines() if " ERROR: " in line]
     assert len(errors) == 1 and "bad -a max_images='lots'" in errors[0], errors
-    assert "'finish_reason': 'bad_argument'" in bad_log and "Traceback" not in bad_log
+    assert "Summary (bad_argument)" in bad_log and "Traceback" not in bad_log
+    # scrapyd runs `scrapy crawl`, so it sees imgcrawl's exit status: the bad job "died".
+    daemon_log = (home / "scrapyd.log").read_text()
+    assert re.search(rf"Process finished: .*job='{good['jobid']}'", daemon_log), daemon_log[-3000:]
+    assert re.search(rf"Process died: exitstatus={exitstatus.USAGE} .*job='{bad['jobid']}'", daemon_log), daemon_log[-3000:]

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import LocalSite, run_crawl
+from imgcrawl import exitstatus
 from imgcrawl import settings as defaults
 from imgcrawl.guard import is_public
 from imgcrawl.failures import Failed
@@ -112,7 +113,7 @@ def test_guard_refuses_a_name_resolving_to_loopback_by_default(tmp_path):
         result = run_crawl(tmp_path, "-a", f"url={start}", settings={"IMGCRAWL_ALLOW_PRIVATE": False})
     finally:
         site.stop()
-    assert result.returncode == 0
+    assert result.returncode == exitstatus.NOTHING_CRAWLED  # the start URL was refused
     assert sum(site.hits.values()) == 0  # not even robots.txt
     refused = [line for line in result.log.splitlines() if "private-address" in line and "WARNING" in line]
     assert len(refused) == 1 and start in refused[0] and "localhost is 127.0.0.1" in refused[0]

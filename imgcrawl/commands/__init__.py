@@ -1,0 +1,1 @@
+"""imgcrawl's Scrapy commands (``COMMANDS_MODULE``): ``scrapy crawl`` with honest exit codes."""
