@@ -105,4 +105,5 @@ def test_a_setting_no_pipeline_can_use_stops_the_crawl_in_one_line(site, tmp_pat
     errors = [line for line in result.log.splitlines() if " ERROR: " in line]
     assert len(errors) == 1 and words in errors[0], result.log[-3000:]
     assert "'finish_reason': 'bad_setting'" in result.log and "Traceback" not in result.log
+    assert result.returncode == 2  # bad usage, as a bad argument
     assert not any(site.hits[p] for p in IMAGES)

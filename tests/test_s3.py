@@ -241,6 +241,7 @@ def test_a_store_that_cannot_be_used_is_one_line(seaweed, site, tmp_path, case, 
     assert len(errors) == 1, result.log[-3000:]
     assert all(word in errors[0] for word in words), errors[0]
     assert f"'finish_reason': '{reason}'" in result.log and "Traceback" not in result.log
+    assert result.returncode == (2 if reason == "bad_setting" else 4)  # bad usage; the store failed
     if case == "read-only key":
         # Found out by the first upload: said once, and the crawl stops.
         assert "Image failed (store-not-writable)" not in result.log
