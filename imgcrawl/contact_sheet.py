@@ -69,10 +69,11 @@ def _failures_block(listed: list[dict], failed: int) -> str:
     return f'<details id="failures"><summary>{failed} failed</summary><ul>{items}</ul></details>'
 
 
-def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
+def write(records: Iterable[dict], path: str | os.PathLike, title: str, scope: str = "") -> Path:
     """Write the sheet atomically (a reader never sees half a sheet). ``records`` is read
     twice (counts and failures first, then the images streamed out one by one), so memory
-    stays flat however long the crawl; the page groups are formed in the browser."""
+    stays flat however long the crawl; the page groups are formed in the browser.
+    ``scope`` says what the sheet covers (all crawls, or this one), next to the count."""
     path = Path(path)
     if iter(records) is records:  # a one-shot iterator cannot be read twice: hold it
         records = list(records)
@@ -89,6 +90,7 @@ def write(records: Iterable[dict], path: str | os.PathLike, title: str) -> Path:
     head = (
         head.replace("{{title}}", html.escape(title))
         .replace("{{count}}", f"{stored} images")
+        .replace("{{scope}}", html.escape(scope))
         .replace("{{failures}}", _failures_block(listed, failed))
     )
     # A temp name of its own (as imaging.atomic_write's), created exclusively: two crawls
@@ -119,6 +121,7 @@ TEMPLATE = """<!doctype html>
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
 header{position:sticky;top:0;background:#222;color:#eee;padding:8px 16px;display:flex;gap:16px;align-items:center;flex-wrap:wrap;z-index:1}
 header h1{font-size:16px;margin:0}
+#scope{color:#aaa}
 header button{font:inherit;padding:2px 10px}
 main{padding:8px 16px}
 h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:break-all}
@@ -136,7 +139,7 @@ h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:bre
 #failures li{word-break:break-all}
 </style></head>
 <body>
-<header><h1>{{title}}</h1><span id="count">{{count}}</span>
+<header><h1>{{title}}</h1><span id="count">{{count}}</span><span id="scope">{{scope}}</span>
 <nav><button id="prev">&larr; prev</button> <span id="where"></span> <button id="next">next &rarr;</button></nav></header>
 {{failures}}
 <main id="sheet"></main>
@@ -144,8 +147,9 @@ h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:bre
 <script id="data" type="application/json">{{data}}</script>
 <script>
 "use strict";
-// Stored images grouped by the page they were found on, pages in crawl order. Records come
-// in the order downloads finished: each page's images are put back in their order on it.
+// Stored images grouped by the page they were found on, pages in crawl order. A merged
+// manifest is in that order already; one crawl's records come in the order downloads
+// finished: each page's images are put back in their order on it.
 const groups = new Map();
 for (const im of JSON.parse(document.getElementById("data").textContent)) {
   const group = groups.get(im.g);

@@ -4,8 +4,9 @@
   terminal one live display (:mod:`imgcrawl.live`), else one INFO line every
   ``IMGCRAWL_PROGRESS_INTERVAL`` seconds; the summary is the last line of the crawl. It
   leaves its counts and averages in the stats.
-* :class:`ContactSheet` writes ``index.html`` in ``IMAGES_STORE`` (a directory or a bucket)
-  when the spider closes.
+* :class:`ContactSheet` writes ``index.html`` in ``IMAGES_STORE`` (a directory or a bucket) at
+  the end of a crawl, from the merged manifest (the whole collection), else from this crawl's
+  items.
 
 Both count from ``item_scraped``: the pipeline has set each item's ``status`` by then.
 """
@@ -27,11 +28,12 @@ from scrapy.http.request import NO_CALLBACK
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.threads import deferToThread
 
 import imgcrawl
 from imgcrawl import contact_sheet, exitstatus, live, progress, s3
 from imgcrawl.failures import Failed, store_failure
-from imgcrawl.manifest import LOST_STAT, fill_feed_uri
+from imgcrawl.manifest import LOST_STAT, fill_feed_uri, is_per_image
 from imgcrawl.progress import MB
 from imgcrawl.workerpool import BatchingThread
 
@@ -229,16 +231,20 @@ class Progress:
 
 
 class ContactSheet:
-    """Writes ``<IMAGES_STORE>/index.html`` at spider close.
+    """Writes ``<IMAGES_STORE>/index.html`` at the end of a crawl.
 
-    The records are streamed to a temporary file as items pass (memory stays flat on long
-    crawls) and read back once at the end. Every file operation runs on one writer thread,
-    in order, never on the reactor thread; the records of the items that finished within a
-    short window cross to it together. Into a bucket, the sheet is written to a temporary
-    file and uploaded from there.
+    With a per-image manifest (the default ``FEEDS``), the sheet shows the whole collection:
+    it is made from the merged manifest once the feed has merged it, on a thread, under the
+    manifest's merge lock (a crawl sharing the store and merging after this one writes its
+    sheet after this one's). Otherwise it shows this crawl's images and says so: their
+    records are streamed to a temporary file as items pass (memory stays flat on long
+    crawls), on one writer thread, and read back at the end. Into a bucket, the sheet is
+    written to a temporary file and uploaded from there.
     """
 
     FILENAME = "index.html"
+    WHOLE = "all crawls"
+    THIS_CRAWL = "this crawl only (no per-image manifest in FEEDS)"
 
     def __init__(self, crawler, store: Path | s3.S3Objects):
         self.crawler = crawler
@@ -248,6 +254,7 @@ class ContactSheet:
         self.buffer = None  # the temporary file, used on the writer thread only
         self.records = 0
         self.write_error: BaseException | None = None
+        self.written = False
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -261,10 +268,62 @@ class ContactSheet:
                 raise NotConfigured from None  # the pipeline refuses the setting, in one line
         else:
             o = cls(crawler, Path(store).resolve())
-        crawler.signals.connect(o.spider_opened, signal=signals.spider_opened)
-        crawler.signals.connect(o.item_scraped, signal=signals.item_scraped)
-        crawler.signals.connect(o.spider_closed, signal=signals.spider_closed)
+        if any(is_per_image(options) for options in crawler.settings.getdict("FEEDS").values()):
+            crawler.signals.connect(o.feed_slot_closed, signal=signals.feed_slot_closed)
+        else:
+            crawler.signals.connect(o.spider_opened, signal=signals.spider_opened)
+            crawler.signals.connect(o.item_scraped, signal=signals.item_scraped)
+            crawler.signals.connect(o.spider_closed, signal=signals.spider_closed)
         return o
+
+    def title(self, spider) -> str:
+        return f"{spider.name}: {self.crawler.settings.get('IMAGES_STORE')}"
+
+    # -- from the merged manifest ----------------------------------------------------------
+
+    async def feed_slot_closed(self, slot) -> None:
+        storage = slot.storage
+        if self.written or not getattr(storage, "merged", False):
+            return  # another feed, or the merge failed (said by the feed): the old sheet stays
+        self.written = True
+        title = self.title(slot.spider)
+
+        def write(lines) -> str:
+            return self.save(_ManifestRecords(lines), title, self.WHOLE)
+
+        await self._write(deferToThread(storage.read_merged, write), slot.spider)
+
+    async def _write(self, d, spider) -> None:
+        try:
+            where = await maybe_deferred_to_future(d)
+        except (OSError, Failed) as exc:  # e.g. the disk filled up: the images are stored, say so and go on
+            self._not_written(exc, spider)
+            return
+        if self.write_error is not None:
+            self._not_written(self.write_error, spider)
+        elif where is not None:
+            logger.info("Contact sheet: %s", where, extra={"spider": spider})
+
+    def save(self, records, title: str, scope: str) -> str:
+        """Write the sheet of ``records``; where it is, as a URI."""
+        if self.bucket is None:
+            return contact_sheet.write(records, self.path, title, scope).as_uri()
+        with tempfile.TemporaryDirectory(prefix="imgcrawl-sheet-") as tmp:
+            sheet = contact_sheet.write(records, Path(tmp) / self.FILENAME, title, scope)
+            self.bucket.upload(self.FILENAME, sheet, s3.HTML)
+        return self.path
+
+    def _not_written(self, exc: BaseException, spider) -> None:
+        failure = store_failure(exc) or (exc.reason if isinstance(exc, Failed) else None)
+        if failure is not None and self.crawler.stats.get_value(f"imgcrawl/failed/{failure}"):
+            # The pipeline said this very store failure once, at ERROR, with the fix: a
+            # second ERROR would only repeat it.
+            logger.info("Contact sheet not written (%s: %s); %s is left as it was",
+                        failure, getattr(exc, "strerror", None) or exc, self.path, extra={"spider": spider})
+        else:
+            logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
+
+    # -- from this crawl's items -----------------------------------------------------------
 
     def spider_opened(self, spider) -> None:
         self.writer = BatchingThread("imgcrawl-sheet")
@@ -293,28 +352,10 @@ class ContactSheet:
     async def spider_closed(self, spider, reason: str) -> None:
         if self.writer is None:
             return
-        title = f"{spider.name}: {self.crawler.settings.get('IMAGES_STORE')}"
         # Nothing crawled (e.g. a bad argument): leave any old sheet alone.
         write = self.write if self.records else None
-        try:
-            where = await maybe_deferred_to_future(self.writer.close(lambda: self._finish(write, title)))
-        except (OSError, Failed) as exc:  # e.g. the disk filled up: the images are stored, say so and go on
-            self._not_written(exc, reason, spider)
-            return
-        if self.write_error is not None:
-            self._not_written(self.write_error, reason, spider)
-        elif where is not None:
-            logger.info("Contact sheet: %s", where, extra={"spider": spider})
-
-    def _not_written(self, exc: BaseException, reason: str, spider) -> None:
-        failure = store_failure(exc) or (exc.reason if isinstance(exc, Failed) else None)
-        if failure is not None and reason == failure.replace("-", "_"):
-            # The crawl stopped because of this very store failure, and that was said
-            # once, at ERROR, with the fix: a second ERROR would only repeat it.
-            logger.info("Contact sheet not written (%s: %s); %s is left as it was",
-                        failure, getattr(exc, "strerror", None) or exc, self.path, extra={"spider": spider})
-        else:
-            logger.error("Could not write the contact sheet %s: %s", self.path, exc, extra={"spider": spider})
+        title = self.title(spider)
+        await self._write(self.writer.close(lambda: self._finish(write, title)), spider)
 
     def _finish(self, write, title: str) -> str | None:
         if self.buffer is None:
@@ -323,16 +364,10 @@ class ContactSheet:
             return write(title) if write is not None and self.write_error is None else None
 
     def write(self, title: str) -> str:
-        """Write the sheet; where it is, as a URI."""
-        if self.bucket is None:
-            return contact_sheet.write(_Records(self.buffer), self.path, title).as_uri()
-        with tempfile.TemporaryDirectory(prefix="imgcrawl-sheet-") as tmp:
-            sheet = contact_sheet.write(_Records(self.buffer), Path(tmp) / self.FILENAME, title)
-            self.bucket.upload(self.FILENAME, sheet, s3.HTML)
-        return self.path
+        return self.save(_BufferedRecords(self.buffer), title, self.THIS_CRAWL)
 
 
-class _Records:
+class _BufferedRecords:
     """The buffered records, read from the start each time they are iterated."""
 
     def __init__(self, lines):
@@ -341,3 +376,13 @@ class _Records:
     def __iter__(self):
         self.lines.seek(0)
         return (json.loads(line) for line in self.lines)
+
+
+class _ManifestRecords:
+    """The sheet's records of manifest lines, read again each time they are iterated."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __iter__(self):
+        return (contact_sheet.record_for(json.loads(line)) for line in self.lines)

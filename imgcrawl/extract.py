@@ -25,6 +25,8 @@ from imgcrawl.links import absolute_url, is_image_url, page_base, select
 IMG_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
 IMG_LAZY_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src")
 IMG_SRC_ATTRS = IMG_LAZY_SRC_ATTRS + ("src",)
+# The attributes above name a size the page shows; the rules rank them (largest first).
+DISPLAYED_SIZE_ATTRS = frozenset(IMG_SRCSET_ATTRS + IMG_SRC_ATTRS)
 # Attributes that name the full-size file outright (WordPress, Jetpack, zoom and lightbox
 # plugins): they beat any srcset, which only lists display sizes.
 IMG_FULL_ATTRS = (
@@ -321,19 +323,26 @@ def image_candidates(sel: Selector, page_url: str) -> list[ImageCandidate]:
 
 
 def item_candidates(
-    sel: Selector, page_url: str, items: str, attrs: Sequence[str] = ()
+    sel: Selector, page_url: str, items: str, attrs: Sequence[str] = (), *, extend: bool = False
 ) -> list[ImageCandidate]:
     """One image per gallery item matched by ``items`` (CSS, or XPath if it starts with
     ``/`` or ``(``): the first real URL among ``attrs`` looked up on the item and its
     descendants in that order (a ``*srcset`` attribute gives its largest candidate), or,
-    without ``attrs``, the first image the generic rules find inside the item."""
+    without ``attrs``, the first image the generic rules find inside the item.
+
+    With ``extend`` (a site profile's ``image_attrs``), ``attrs`` come first and the generic
+    rules still pick the image of an item that has none of them; attributes naming a shown
+    size (:data:`DISPLAYED_SIZE_ATTRS`) are left to those rules, which rank the largest
+    srcset candidate above ``src`` wherever ``attrs`` lists them."""
     base = page_base(sel, page_url)
     found = _Found()
+    first = [a for a in attrs if a not in DISPLAYED_SIZE_ATTRS] if extend else list(attrs)
     for item in select(sel, items):
         alt = item.xpath("descendant-or-self::img[1]/@alt").get("")
         title = item.xpath("descendant-or-self::*[@title][1]/@title").get("")
-        if attrs:
-            found.add(_first_real(_attr_values(item, attrs), base), alt, title)
+        url = _first_real(_attr_values(item, first), base) if first else None
+        if url or (attrs and not extend):
+            found.add(url, alt, title)
             continue
         inner = image_candidates(Selector(text=item.get()), base)
         if inner:

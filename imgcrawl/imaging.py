@@ -1,7 +1,8 @@
 """Bytes in, image facts and thumbnails out.
 
-Pure and thread-safe: no Scrapy imports, no shared state, so the pipeline can run it in
-worker threads or processes. The original bytes are never re-encoded.
+Pure and thread-safe: no Scrapy imports, no shared state but Pillow's own pixel limit (only
+ever raised, see :func:`open_image`), so the pipeline can run it in worker threads or
+processes. The original bytes are never re-encoded.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ def file_extension(url: str, body: bytes | None = None) -> str:
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open (header only) and refuse images too large to decode, before any pixel is read."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        # Pillow's own bomb check (process-wide; it refuses over twice this) would refuse
+        # images our limit allows. Only ever raised, to the largest limit this process was
+        # given: Pillow still checks every frame it opens, and the check below is ours.
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         image = Image.open(BytesIO(data))
     except Image.DecompressionBombError as exc:

@@ -28,6 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from imgcrawl.failures import Failed
@@ -246,10 +247,14 @@ def _failed(exc: Exception, config: S3Config, what: str) -> Failed:
     return Failed("store-failed", f"{what}: {str(exc).splitlines()[0][:300]}")
 
 
-def _not_found(exc: Exception) -> bool:
+NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+# A conditional write whose condition did not hold; 409 when another one raced it.
+CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def _error_code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
+    return str(response.get("Error", {}).get("Code", ""))
 
 
 # -- the bucket as a store ---------------------------------------------------------------
@@ -272,13 +277,14 @@ class S3Objects:
     def locate(self, relative: str) -> str:
         return self.config.key(relative)
 
-    def _call(self, what: str, fn, *, missing_ok: bool = False, **kwargs):
-        """``fn`` on the bucket; None for a missing object if ``missing_ok``; any other
-        failure as a Failed (a StoreError when the store itself fails)."""
+    def _call(self, what: str, fn, *, missing_ok: bool = False, conflict_ok: bool = False, **kwargs):
+        """``fn`` on the bucket; None for a missing object if ``missing_ok``, for a condition
+        that did not hold if ``conflict_ok``; any other failure as a Failed (a StoreError
+        when the store itself fails)."""
         try:
             return fn(Bucket=self.config.bucket, **kwargs)
         except Exception as exc:
-            if missing_ok and _not_found(exc):
+            if (missing_ok and _error_code(exc) in NOT_FOUND) or (conflict_ok and _error_code(exc) in CONFLICT):
                 return None
             raise _failed(exc, self.config, what) from None
 
@@ -383,11 +389,14 @@ class S3Objects:
 
     # Whole files (the contact sheet, a manifest), from the crawl process.
 
-    def upload(self, relative: str, path: Path, content_type: str, **conditions) -> None:
+    def upload(self, relative: str, path: Path, content_type: str, **conditions) -> str | None:
+        """Put a local file; its ETag, or None when ``conditions`` (``IfMatch``,
+        ``IfNoneMatch``) did not hold."""
         extra = {"ACL": self.config.acl} if self.config.acl else {}
         with open(path, "rb") as body:
-            self._call(f"PUT {relative}", self.client.put_object, Key=self.locate(relative), Body=body,
-                       ContentType=content_type, **extra, **conditions)
+            response = self._call(f"PUT {relative}", self.client.put_object, Key=self.locate(relative), Body=body,
+                                  ContentType=content_type, conflict_ok=bool(conditions), **extra, **conditions)
+        return response["ETag"] if response is not None else None
 
 
 @functools.cache
@@ -407,12 +416,18 @@ class S3FeedStorage:
     """``FEED_STORAGES["s3"]``: a feed written into the bucket at the end of the crawl, from a
     local temporary file, with Scrapy's AWS settings (as the image store).
 
-    S3 cannot append. A feed that appends (``overwrite: False``, as the manifest does) is
-    read back, this crawl's lines added after it, and written only if no other crawl wrote
-    it meanwhile (a conditional PUT, ``If-Match``); else read and written again. So crawls,
-    one after another or several at once, share one manifest, as on disk. A failure is one
-    ERROR line (none when the pipeline has said the bucket fails so); the images stay
-    stored and the next crawl writes their lines (``uptodate``).
+    The per-image manifest (the default ``FEEDS``) has the layout it has on disk
+    (:class:`imgcrawl.manifest.LocalManifest`): ``manifest.jsonl``, one line per image URL,
+    and ``crawls/manifest-<UTC time>-<id>.jsonl``, each crawl's lines. S3 can neither append
+    nor lock, so at the end of a crawl the manifest object is read, merged with this crawl's
+    lines (:func:`imgcrawl.manifest.merge_manifest`) and written back only if no other crawl
+    wrote it meanwhile (a conditional PUT: ``If-Match``, or ``If-None-Match: *`` for the
+    first); else it is read and merged again. So workers ending at once lose no line. Another
+    feed that appends (``overwrite: False``) is read and extended the same way; any other is
+    written as it is.
+
+    A failure is one ERROR line (none when the pipeline has said the bucket fails so); the
+    images stay stored and in the index, and the next crawl writes their lines (``uptodate``).
     """
 
     def __init__(self, uri: str, settings, *, feed_options: dict | None = None, stats=None):
@@ -430,14 +445,24 @@ class S3FeedStorage:
         else:
             self.objects, self.error = S3Objects(config), None
         options = feed_options or {}
+        self.per_image = bool(options.get("imgcrawl_per_image"))
         self.append = options.get("overwrite", True) is False
         self.content_type = FEED_MEDIA_TYPES.get(options.get("format", ""), "application/octet-stream")
+        self.journal_key = ""
+        # After a merge: the manifest as this crawl wrote it, for the contact sheet.
+        self.merged = False
+        self.scratch: tempfile.TemporaryDirectory | None = None
+        self.etag = ""
 
     @classmethod
     def from_crawler(cls, crawler, uri: str, *, feed_options: dict | None = None):
         return cls(uri, crawler.settings, feed_options=feed_options, stats=crawler.stats)
 
     def open(self, spider):
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        directory, _, name = self.key.rpartition("/")
+        stem = name.rsplit(".", 1)[0]
+        self.journal_key = f"{directory}/crawls/{stem}-{stamp}-{os.urandom(4).hex()}.jsonl".lstrip("/")
         return tempfile.NamedTemporaryFile(prefix="imgcrawl-feed-", suffix=Path(self.key).suffix)
 
     def store(self, file):
@@ -447,13 +472,20 @@ class S3FeedStorage:
 
     def _store(self, file) -> None:
         file.flush()
+        lines = Path(file.name)
         try:
             if self.error:
                 raise Failed("bad-setting", self.error)
-            if self.append:
-                self._append(Path(file.name))
+            if self.per_image:
+                images = self._rewrite(lambda current, out: _merge(current, lines, out))
+                self.merged = True
+                self.objects.upload(self.journal_key, lines, self.content_type)
+                logger.info("Manifest: %d images in %s (this crawl's lines are kept in s3://%s/%s)",
+                            images, self.uri, self.objects.config.bucket, self.journal_key)
+            elif self.append:
+                self._rewrite(lambda current, out: _concatenate(current, lines, out))
             else:
-                self.objects.upload(self.key, Path(file.name), self.content_type)
+                self.objects.upload(self.key, lines, self.content_type)
         except Failed as exc:
             if self.stats is not None and self.stats.get_value(f"imgcrawl/failed/{exc.reason}"):
                 # The pipeline has said, at ERROR, that the store fails this way.
@@ -465,22 +497,23 @@ class S3FeedStorage:
         finally:
             file.close()
 
-    def _append(self, lines: Path) -> None:
+    def _rewrite(self, build):
+        """Read the object, ``build(current, out)`` its new content, and write that back if
+        the object is still as read; else again. Returns what ``build`` returned."""
         for _ in range(APPEND_ATTEMPTS):
-            with tempfile.TemporaryDirectory(prefix="imgcrawl-feed-") as tmp:
-                whole = Path(tmp) / "feed"
-                condition = self._read(whole)
-                with open(whole, "ab") as out, open(lines, "rb") as extra:
-                    while chunk := extra.read(1 << 20):
-                        out.write(chunk)
-                try:
-                    self.objects.upload(self.key, whole, self.content_type, **condition)
-                    return
-                except Failed as exc:
-                    if "PreconditionFailed" not in exc.detail and "ConditionalRequestConflict" not in exc.detail:
-                        raise
+            scratch = tempfile.TemporaryDirectory(prefix="imgcrawl-feed-")
+            current, out = Path(scratch.name) / "current", Path(scratch.name) / "new"
+            condition = self._read(current)
+            built = build(current, out)
+            etag = self.objects.upload(self.key, out, self.content_type, **condition)
+            if etag is not None and self.per_image:
+                self.scratch, self.etag = scratch, etag  # kept for read_merged, while this storage lives
+                return built
+            scratch.cleanup()
+            if etag is not None:
+                return built
             time.sleep(0.1)  # another crawl wrote it meanwhile: read it again
-        raise Failed("store-failed", f"{self.uri} kept changing under {APPEND_ATTEMPTS} attempts to add to it")
+        raise Failed("store-failed", f"{self.uri} kept changing under {APPEND_ATTEMPTS} attempts to write it")
 
     def _read(self, into: Path) -> dict:
         """The object as it is now, into ``into``; the condition for writing it back."""
@@ -493,6 +526,38 @@ class S3FeedStorage:
             while chunk := body.read(1 << 20):
                 out.write(chunk)
         return {"IfMatch": response["ETag"]}
+
+    def read_merged(self, use):
+        """``use(lines)`` over the manifest this crawl wrote, unless a later crawl has merged
+        since (its sheet comes after this one's); blocking: call it on a thread."""
+        from imgcrawl.manifest import FileLines  # noqa: PLC0415 - Scrapy-free module import time
+
+        head = self.objects._call(f"HEAD {self.key}", self.objects.client.head_object, Key=self.key,
+                                  missing_ok=True)
+        if head is None or head["ETag"] != self.etag:
+            return None
+        try:
+            return use(FileLines(Path(self.scratch.name) / "new"))
+        finally:
+            self.scratch.cleanup()
+
+
+def _merge(current: Path, lines: Path, out: Path) -> int:
+    from imgcrawl.manifest import FileLines, merge_manifest  # noqa: PLC0415 - see read_merged
+
+    count = 0
+    with open(out, "wb") as f:
+        for line in merge_manifest([FileLines(current), FileLines(lines)], scratch_dir=out.parent):
+            f.write(line)
+            count += 1
+    return count
+
+
+def _concatenate(current: Path, lines: Path, out: Path) -> None:
+    with open(out, "wb") as f, open(current, "rb") as old, open(lines, "rb") as new:
+        for source in (old, new):
+            while chunk := source.read(1 << 20):
+                f.write(chunk)
 
 
 def local_index_path(config: S3Config) -> Path:

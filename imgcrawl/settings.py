@@ -120,9 +120,11 @@ IMAGES_MIN_HEIGHT = 0
 IMAGES_THUMBS = {"small": (256, 256)}
 # Re-download an image only after 90 days (Scrapy's default) or when it is missing.
 IMAGES_EXPIRES = 90
-# The manifest: one JSON line per image, next to the images. %(name)s is the spider name.
+# The manifest next to the images: one JSON line per image URL, its latest state, in page
+# order. Each crawl writes its lines to a journal of its own (crawls/pending/) as images are
+# stored and merges it into manifest.jsonl when it ends (docs/manifest.md).
 FEEDS = {
-    "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False},
+    "%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False, "imgcrawl_per_image": True},
 }
 FEED_URI_PARAMS = "imgcrawl.manifest.manifest_uri_params"
 # Local manifests are written a whole line at a time as each image is stored; a full disk
@@ -138,7 +140,7 @@ FEED_STORAGES = {
 FEED_STORE_EMPTY = False
 # The manifest's columns (CSV via -o images.csv gets the same ones).
 FEED_EXPORT_FIELDS = [
-    "url", "page_url", "alt", "title", "status", "reason", "path", "sha256",
+    "url", "page_url", "position", "alt", "title", "status", "reason", "path", "sha256",
     "format", "width", "height", "bytes", "thumbs",
 ]
 # CSV's thumbs column as JSON ({"small": "thumbs/small/….jpg"}), not a Python repr.

@@ -146,10 +146,17 @@ class CrawlResult:
     store: Path
 
     def manifest(self) -> list[dict]:
+        """The merged manifest: one line per image URL, its latest state."""
         path = self.store / "manifest.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def crawl_lines(self, index: int = -1) -> list[dict]:
+        """The lines one crawl wrote, in the order written: its journal in the manifest's
+        history (``crawls/``, oldest first; -1 is the latest crawl into this store)."""
+        journals = sorted((self.store / "crawls").glob("manifest-*.jsonl"))
+        return [json.loads(line) for line in journals[index].read_text().splitlines() if line.strip()]
 
 
 def crawl_command(store: Path | str, *args: str, spider: str = "gallery",

@@ -12,13 +12,14 @@ as violations:
 
 * ``pillow``: ``Image.open``, ``load``, ``save``, ``thumbnail``, ``resize``, ``convert``, ``draft``;
 * ``store-write``: a file under the store opened for writing (``os.open``, ``open``), written
-  (``os.write``, a file object's ``write``), renamed or removed; ``manifest.jsonl`` excepted
-  (Scrapy's feed exporter appends the manifest on the reactor thread; no claim covers it);
+  (``os.write``, a file object's ``write``), renamed or removed; the manifest excepted:
+  ``manifest.jsonl`` and the crawl's journal under ``crawls/pending/`` (Scrapy's feed
+  exporter writes each line on the reactor thread; no claim covers it);
 * ``store-stat``: ``stat``/``lstat``/``exists`` of a file under ``full/`` or ``thumbs/`` (the
   "already stored?" check; resolving the store's directories is not counted);
 * ``index``: an index lookup or record (``SELECT``, ``INSERT``, ``BEGIN`` ...); opening the
   SQLite connection (``PRAGMA``, ``CREATE``) at spider open is not counted;
-* ``index-close``: closing the SQLite connection;
+* ``index-close``: closing the SQLite connection (the index's: under the store's ``.imgcrawl/``);
 * ``file-write``: a file object's ``write`` to any other regular file (a temp file);
 * ``blocking-join``: ``Thread.join`` keeping the thread waiting over ``JOIN_LIMIT`` s.
 
@@ -36,6 +37,7 @@ import functools
 import io
 import json
 import os
+import re
 import stat
 import sys
 import threading
@@ -44,7 +46,8 @@ import time
 JOIN_LIMIT = 0.5  # seconds
 SLOW_CLOSE = 1.0  # seconds
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-EXEMPT = {"manifest.jsonl"}  # relative to the store
+# Relative to the store: the manifest and the crawl's journal (made at its first line).
+EXEMPT = re.compile(r"manifest\.jsonl|crawls|crawls/pending|crawls/pending/\.?manifest-[^/]+\.jsonl")
 FILE_TYPES = {io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom, io.FileIO}
 INDEX_WORK = {"SELECT", "INSERT", "REPLACE", "UPDATE", "DELETE", "BEGIN"}
 # Image.Image methods watched, besides Image.open and ImageFile.load (decoding, in subclasses).
@@ -113,7 +116,7 @@ class Watch:
 
     def written(self, path, how: str) -> None:
         rel = self.relative(path)
-        if rel is not None and rel not in EXEMPT:
+        if rel is not None and not EXEMPT.fullmatch(rel):
             self.saw("store-write", f"{how} {rel}")
 
     def statted(self, path, how: str) -> None:
@@ -212,9 +215,13 @@ class Watch:
 
         connect = sqlite3.connect
 
-        def watched_connect(*args, **kwargs):
-            kwargs.setdefault("factory", WatchedConnection)
-            return connect(*args, **kwargs)
+        def watched_connect(database, *args, **kwargs):
+            # The index (IMGCRAWL_INDEX's default, under the store), not the manifest merge's
+            # scratch database.
+            rel = watch.relative(database) or ""
+            if rel.startswith(".imgcrawl" + os.sep):
+                kwargs.setdefault("factory", WatchedConnection)
+            return connect(database, *args, **kwargs)
 
         sqlite3.connect = functools.update_wrapper(Checked(watched_connect, lambda *a, **k: None), connect)
 
@@ -254,7 +261,7 @@ class Watch:
         if rel is None:
             self.violations.append({"kind": "file-write", "detail": f"{arg.__qualname__} {path}",
                                     "stack": caller_stack(1)})
-        elif rel not in EXEMPT:
+        elif not EXEMPT.fullmatch(rel):
             self.violations.append({"kind": "store-write", "detail": f"{arg.__qualname__} {rel}",
                                     "stack": caller_stack(1)})
 

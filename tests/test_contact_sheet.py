@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from pathlib import Path
@@ -96,8 +97,8 @@ def test_contact_sheet_of_a_crawl(demo_site, tmp_path, browser):
 
 
 def test_contact_sheet_keeps_page_order_when_downloads_finish_out_of_order(tmp_path, browser):
-    """Each page's first image is served slowly, so it is stored last; the sheet still
-    shows every page's images in their order on the page, pages in crawl order."""
+    """Each page's first image is served slowly, so it is stored last; the manifest and the
+    sheet still show every page's images in their order on the page, pages in crawl order."""
     rng = random.Random(11)
     files = {}
     for page, count in ((1, 4), (2, 3)):
@@ -112,10 +113,12 @@ def test_contact_sheet_keeps_page_order_when_downloads_finish_out_of_order(tmp_p
     finally:
         site.stop()
     assert result.returncode == 0, result.log[-3000:]
-    # The manifest is in the order downloads finished: each first image came after its page's others.
-    finished = [line["alt"] for line in result.manifest()]
+    # The crawl's journal is in the order downloads finished: each first image after its page's others.
+    finished = [line["alt"] for line in result.crawl_lines()]
     assert sorted(finished) == ["p1-0", "p1-1", "p1-2", "p1-3", "p2-0", "p2-1", "p2-2"]
     assert finished.index("p1-0") > finished.index("p1-3") and finished.index("p2-0") > finished.index("p2-2")
+    # The merged manifest is in page order.
+    assert [line["alt"] for line in result.manifest()] == ["p1-0", "p1-1", "p1-2", "p1-3", "p2-0", "p2-1", "p2-2"]
 
     page = open_sheet(browser, result.store / "index.html", [])
     assert page.locator("main h2").all_inner_texts() == [site.url("/g/?page=1"), site.url("/g/?page=2")]
@@ -123,6 +126,37 @@ def test_contact_sheet_keeps_page_order_when_downloads_finish_out_of_order(tmp_p
              for grid in page.locator("main .grid").all()]
     assert shown == [["p1-0", "p1-1", "p1-2", "p1-3"], ["p2-0", "p2-1", "p2-2"]]
     page.close()
+
+
+def sheet_records(sheet: Path) -> list[dict]:
+    data = sheet.read_text(encoding="utf-8").split('<script id="data" type="application/json">', 1)[1]
+    return json.loads(data.split("</script>", 1)[0])
+
+
+def test_the_sheet_and_the_manifest_show_the_whole_collection_after_a_partial_recrawl(demo_site, tmp_path):
+    """The whole gallery, then its first page again: the manifest keeps one line per image
+    (its latest), the sheet shows every stored image, in page order, and says it is all crawls."""
+    first = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}")
+    assert first.returncode == 0, first.log[-3000:]
+    again = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}", "-a", "max_pages=1")
+    assert again.returncode == 0, again.log[-3000:]
+    lines = again.manifest()
+    assert len(lines) == len({line["url"] for line in lines}) == 19  # 18 photos + the broken one
+    recrawled = {line["url"] for line in again.crawl_lines()}
+    assert 0 < len(recrawled) < 19
+    assert {line["url"]: line["status"] for line in lines if line["url"] in recrawled} == {
+        url: "uptodate" for url in recrawled}
+    assert len(list((again.store / "crawls").glob("manifest-*.jsonl"))) == 2  # each crawl's lines, as history
+    # Page order: each page's lines together, by position, pages as first crawled.
+    pages = [line["page_url"] for line in lines]
+    assert pages == sorted(pages, key=pages.index)
+    for page in set(pages):
+        positions = [line["position"] for line in lines if line["page_url"] == page]
+        assert positions == sorted(positions)
+    sheet = again.store / "index.html"
+    records = sheet_records(sheet)
+    assert [record["u"] for record in records] == [line["url"] for line in lines if line["status"] != "failed"]
+    assert ">18 images<" in sheet.read_text() and ">all crawls<" in sheet.read_text()
 
 
 def test_contact_sheet_with_20000_images_stays_light(tmp_path, browser):

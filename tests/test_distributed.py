@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import threading
 import time
@@ -65,7 +64,7 @@ def detail_site(gate) -> LocalSite:
 PAGES = ["/gallery/"] + [f"/photo/p{n:02d}.html" for n in range(1, DETAIL_PAGES + 1)]
 
 
-def worker_settings(redis_url: str, name: str, home) -> dict:
+def worker_settings(redis_url: str, name: str) -> dict:
     return {
         "IMGCRAWL_REDIS_URL": redis_url,
         "IMGCRAWL_REDIS_IDLE_CLOSE": "5",
@@ -73,8 +72,6 @@ def worker_settings(redis_url: str, name: str, home) -> dict:
         # Two requests at a time per worker, so one worker cannot take the whole frontier.
         "CONCURRENT_REQUESTS": "2",
         "IMGCRAWL_WORKERS": "1",
-        # One manifest per worker: concurrent appends to one file could interleave.
-        "FEEDS": json.dumps({str(home / "manifest.jsonl"): {"format": "jsonlines"}}),
     }
 
 
@@ -105,8 +102,8 @@ def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
         home = tmp_path / name
         home.mkdir()
         started = time.monotonic()
-        result = run_crawl(home, *args, store=store, settings=worker_settings(redis_url, name, home))
-        return result, time.monotonic() - started, home / "manifest.jsonl"
+        result = run_crawl(home, *args, store=store, settings=worker_settings(redis_url, name))
+        return result, time.monotonic() - started
 
     commands_before = client.info("stats")["total_commands_processed"]
     started = time.monotonic()
@@ -116,25 +113,27 @@ def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
         results = [a.result(), b.result()]
     elapsed = time.monotonic() - started
 
-    for result, _, _ in results:
+    for result, _ in results:
         assert result.returncode == 0, result.log[-3000:]
         assert "Traceback" not in result.log
         assert "'finish_reason': 'finished'" in result.log
     # A bad entry in the start-URL list: one WARNING line with the reason, and counted.
-    warnings = [line for result, _, _ in results for line in result.log.splitlines() if " WARNING: " in line]
+    warnings = [line for result, _ in results for line in result.log.splitlines() if " WARNING: " in line]
     assert len(warnings) == 1 and "'not-a-url'" in warnings[0] and "absolute http(s) URL" in warnings[0], warnings
-    assert sum("'imgcrawl/failed/bad-start-url': 1" in result.log for result, _, _ in results) == 1
+    assert sum("'imgcrawl/failed/bad-start-url': 1" in result.log for result, _ in results) == 1
     # Every page fetched exactly once across both workers, and both fetched some.
     assert {p: shared_site.hits[p] for p in PAGES} == dict.fromkeys(PAGES, 1)
     split = dict(shared_site.pages_by_worker)
     assert set(split) == {"worker-a", "worker-b"} and sum(split.values()) == DETAIL_PAGES, split
     print(f"\ntwo workers: {elapsed:.1f} s wall, "
-          + ", ".join(f"{name} {secs:.1f} s" for (_, secs, _), name in zip(results, ("a", "b")))
+          + ", ".join(f"{name} {secs:.1f} s" for (_, secs), name in zip(results, ("a", "b")))
           + f"; detail pages per worker: {split}; Redis commands: "
           + f"{client.info('stats')['total_commands_processed'] - commands_before} for {len(PAGES)} pages")
-    # Every image fetched once, stored once, byte-exact; the shared index knows them all.
-    lines = [json.loads(line) for _, _, manifest in results if manifest.exists()
-             for line in manifest.read_text().splitlines()]
+    # Every image fetched once, stored once, byte-exact; the shared index knows them all, and
+    # the one manifest both workers merged into (ending within moments of each other) has
+    # one line for each, in the order of the pages.
+    lines = results[0][0].manifest()
+    assert len(list((store / "crawls").glob("manifest-*.jsonl"))) == 2
     images = {p: body for p, (_, body) in shared_site.files.items() if p.startswith("/img/")}
     assert all(shared_site.hits[p] == 1 for p in images), {p: shared_site.hits[p] for p in images}
     assert sorted(line["url"] for line in lines) == sorted(shared_site.url(p) for p in images)
@@ -164,7 +163,7 @@ def test_killed_worker_pages_are_crawled_on_restart(redis_url, tmp_path):
         first.mkdir()
         store = first / "store"
         cmd, env = crawl_command(store, "-a", f"url={site.url('/gallery/')}",
-                                 settings=worker_settings(redis_url, "doomed", first))
+                                 settings=worker_settings(redis_url, "doomed"))
         proc = subprocess.Popen(cmd, cwd=first, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(600):  # up to ~60 s for the worker to hold two detail pages
@@ -181,13 +180,13 @@ def test_killed_worker_pages_are_crawled_on_restart(redis_url, tmp_path):
         second = tmp_path / "restarted"
         second.mkdir()
         result = run_crawl(second, "-a", f"url={site.url('/gallery/')}", store=store,
-                           settings=worker_settings(redis_url, "restarted", second))
+                           settings=worker_settings(redis_url, "restarted"))
         assert result.returncode == 0, result.log[-3000:]
         # Every queued page crawled once, none twice; the killed worker's in-flight pages
         # were already marked seen, so they are not fetched again (see README).
         assert {p: site.hits[p] for p in PAGES} == dict.fromkeys(PAGES, 1)
         assert site.pages_by_worker["restarted"] == DETAIL_PAGES - 2
-        stored = {json.loads(line)["url"] for line in (second / "manifest.jsonl").read_text().splitlines()}
+        stored = {line["url"] for line in result.crawl_lines()}  # the restarted worker's lines
         assert stored == {site.url(p.replace("/photo/", "/img/").replace(".html", ".jpg"))
                           for p in PAGES[1:] if p not in in_flight}
     finally:

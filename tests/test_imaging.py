@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import struct
+import time
 from io import BytesIO
 
 import pytest
 from PIL import Image
 
+from conftest import LocalSite, run_crawl
 from imgcrawl import imaging
 
 
@@ -149,6 +152,49 @@ def test_too_many_pixels_refused_before_decoding(tmp_path):
     with pytest.raises(imaging.ImageError) as info:
         run(tmp_path, data, max_pixels=10_000_000)
     assert info.value.reason == "too-many-pixels"
+
+
+def flat_grey_jpeg(width: int, height: int) -> bytes:
+    """A mid-grey baseline JPEG of any size, made without its pixels: with libjpeg's standard
+    tables every 8x8 block is 6 bits ("DC unchanged", "end of block"), so the data is one
+    3-byte pattern per 4 blocks: 2 MB for 182 megapixels, decoded at 1/8 scale in ms."""
+    blocks = -(-width // 8) * -(-height // 8)
+    assert blocks % 4 == 0, "whole bytes of blocks only"
+    data = encode(Image.new("L", (8, 8), 128), "JPEG")
+    sof = data.index(b"\xff\xc0")
+    data = data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+    sos = data.index(b"\xff\xda")
+    scan = sos + 2 + struct.unpack(">H", data[sos + 2: sos + 4])[0]
+    return data[:scan] + b"\x28\xa2\x8a" * (blocks // 4) + b"\xff\xd9"
+
+
+def test_max_pixels_above_pillows_own_limit_reaches_the_workers(tmp_path):
+    """Pillow refuses over 2 x Image.MAX_IMAGE_PIXELS (~179 MP) in every process; a crawl with
+    IMGCRAWL_MAX_PIXELS above that stores such an image, thumbnail included (the default
+    process pool: the limit must reach the workers); at the default it fails, with reason."""
+    side = 13_504  # 182 MP: over Pillow's refusal limit, twice its default MAX_IMAGE_PIXELS
+    assert side * side > 2 * (1024 * 1024 * 1024 // 4 // 3)
+    big = flat_grey_jpeg(side, side)
+    site = LocalSite({"/g/": ("text/html", b'<html><body><img src="/big.jpg" alt="big"></body></html>'),
+                      "/big.jpg": ("image/jpeg", big)}).start()
+    try:
+        started = time.monotonic()
+        raised = run_crawl(tmp_path, "-a", f"url={site.url('/g/')}", store=tmp_path / "raised",
+                           settings={"IMGCRAWL_MAX_PIXELS": 200_000_000, "IMGCRAWL_WORKERS": 1})
+        print(f"\n182 MP image crawled and thumbnailed in {time.monotonic() - started:.1f} s")
+        default = run_crawl(tmp_path, "-a", f"url={site.url('/g/')}", store=tmp_path / "default",
+                            settings={"IMGCRAWL_WORKERS": 1})
+    finally:
+        site.stop()
+    assert raised.returncode == 0, raised.log[-3000:]
+    [line] = raised.manifest()
+    assert (line["status"], line["width"], line["height"]) == ("downloaded", side, side), line
+    assert (raised.store / line["path"]).read_bytes() == big
+    with Image.open(raised.store / line["thumbs"]["small"]) as thumb:
+        assert thumb.size == (256, 256) and thumb.convert("L").getextrema() == (128, 128)
+    [line] = default.manifest()
+    assert (line["status"], line["reason"]) == ("failed", "too-many-pixels"), line
+    assert "Image failed (too-many-pixels)" in default.log and "Traceback" not in default.log
 
 
 def test_without_thumbnails_still_validates(tmp_path):

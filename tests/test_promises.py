@@ -102,7 +102,7 @@ def watched_crawls(request, tmp_path_factory):
         again = watched_crawl(tmp, store, "again", *args, settings={"IMGCRAWL_WORKER_POOL": pool})
     finally:
         site.stop()
-    stored = {line["url"]: line for line in first[0].manifest() if line["status"] == "downloaded"}
+    stored = {line["url"]: line for line in first[0].crawl_lines(0) if line["status"] == "downloaded"}
     assert len(stored) == 18
     for url, line in stored.items():  # the crawl did its work: every image stored byte-exact
         assert (store / line["path"]).read_bytes() == site.files[url.split(str(site.port), 1)[1]][1]
@@ -382,7 +382,7 @@ def test_images_expires_refetches_stored_images_once_due_and_only_then(tmp_path)
         assert set(fetched.values()) == {0}, fetched
     finally:
         site.stop()
-    downloaded = {line["url"]: line for line in due.manifest()[12:18]}  # the third crawl's lines
+    downloaded = {line["url"]: line for line in due.crawl_lines(2)}  # the third crawl's lines
     assert set(downloaded) == {site.url(p) for p in bodies}
     for u, line in downloaded.items():
         assert line["status"] == "downloaded" and (line["path"], line["sha256"]) == stored[u]

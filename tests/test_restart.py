@@ -154,6 +154,11 @@ def test_kill_9_then_resume_loses_nothing_and_refetches_nothing_stored(slow_site
     assert resumed.returncode == 0, resumed.log[-3000:]
     assert "Traceback" not in resumed.log
     assert_all_stored_once(resumed, slow_site)
+    # The killed crawl's journal was merged too (the resumed crawl does not visit its pages
+    # again): one manifest line per image, the journals in the history, none pending.
+    assert len(resumed.manifest()) == len(slow_site.images)
+    assert 1 <= len(list((store / "crawls").glob("manifest-*.jsonl"))) <= 2
+    assert not list((store / "crawls" / "pending").iterdir())
     for path in slow_site.images:
         # Stored before the kill: never fetched again. Others: at most once more (in flight).
         url = slow_site.url(path)
@@ -244,7 +249,7 @@ def test_files_stored_without_their_index_rows_are_recorded_not_fetched_again(tm
     assert {path: site.hits[path] for path in images} == {
         "/img/a.jpg": 1, "/img/png-as.jpg": 1, "/img/gif": 1, "/img/old.jpg": 2, "/img/kept.jpg": 1}
     assert "'imgcrawl/adopted': 3" in second.log
-    again = {line["url"]: line for line in second.manifest()[len(stored):]}
+    again = {line["url"]: line for line in second.crawl_lines()}
     for path, body in images.items():
         line = again[site.url(path)]
         assert line["status"] == ("downloaded" if path == "/img/old.jpg" else "uptodate"), line
@@ -288,7 +293,7 @@ def test_thumbnails_remade_only_when_images_thumbs_changes(site, tmp_path):
     assert changed.returncode == 0, changed.log[-3000:]
     assert f"'imgcrawl/rethumbed': {len(site.images)}" in changed.log
     assert all(site.hits[p] == 1 for p in site.images)  # from the stored originals
-    for line in changed.manifest()[-len(site.images):]:
+    for line in changed.crawl_lines():
         assert set(line["thumbs"]) == {"small", "big"}
         with Image.open(changed.store / line["thumbs"]["big"]) as big:
             assert max(big.size) == 40
@@ -313,14 +318,16 @@ def test_same_bytes_under_two_urls_are_stored_once(tmp_path):
     assert "'imgcrawl/duplicate_content': 1" in result.log
 
 
-def test_a_half_written_manifest_line_is_cut_before_appending(site, tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
+def test_a_killed_crawls_half_written_journal_line_is_cut_and_the_rest_merged(site, tmp_path):
+    pending = tmp_path / "store" / "crawls" / "pending"
+    pending.mkdir(parents=True)
     whole = json.dumps({"url": "http://example.invalid/a.jpg", "status": "downloaded"})
-    (store / "manifest.jsonl").write_text(whole + "\n" + whole[:25])  # as kill -9 leaves it
+    journal = pending / "manifest-20200101T000000.000000Z-0badc0de.jsonl"
+    journal.write_text(whole + "\n" + whole[:25])  # as a crawl killed mid-write leaves it
     result = run_crawl(tmp_path, "-a", f"url={site.url('/gallery/?page=1')}", settings=SLOW)
     assert result.returncode == 0, result.log[-3000:]
     lines = result.manifest()  # every line parses
-    assert lines[0]["url"] == "http://example.invalid/a.jpg"
-    assert len(lines) == 1 + len(site.images)
-    assert "Cut a half-written last line" in result.log
+    assert {line["url"] for line in lines} == {"http://example.invalid/a.jpg"} | {site.url(p) for p in site.images}
+    history = tmp_path / "store" / "crawls" / journal.name
+    assert f"Cut a half-written last line from {history} (its crawl was killed)" in result.log
+    assert history.read_text() == whole + "\n" and not journal.exists()

@@ -106,13 +106,17 @@ def test_crawl_into_a_bucket_byte_exact_and_recrawls_fetch_nothing(seaweed, site
     assert set(fetched.values()) == {1}, fetched
     written = {key: obj["LastModified"] for key, obj in objects.items() if "/thumbs/" in key}
 
-    # Again: nothing in the bucket is fetched again, and the manifest grows by the crawl's lines.
+    # Again: nothing in the bucket is fetched again; the manifest has each image once, its
+    # latest state, and each crawl's own lines are kept beside it.
     finished(again := s3_crawl(tmp_path, seaweed, url, store))
     assert image_hits(site) == fetched
     assert f"0 images stored (0.0 MB), {len(IMAGES)} already stored, 1 failed" in again.log
-    lines = manifest(seaweed.objects(bucket, "crawl/manifest.jsonl"), "crawl/manifest.jsonl")
-    assert len(lines) == 2 * (len(IMAGES) + 1) and {line["status"] for line in lines[len(IMAGES) + 1:]} == {
-        "uptodate", "failed"}
+    objects = seaweed.objects(bucket)
+    lines = manifest(objects, "crawl/manifest.jsonl")
+    assert sorted(line["url"] for line in lines) == sorted(by_url)
+    assert {line["status"] for line in lines} == {"uptodate", "failed"}
+    crawls = sorted(key for key in objects if key.startswith("crawl/crawls/manifest-"))
+    assert len(crawls) == 2 and [len(manifest(objects, key)) for key in crawls] == [len(by_url)] * 2
 
     # Another machine (an empty index): each original's metadata says what it is and that its
     # thumbnails are there, so only the one of the two copies whose object was not kept (which
@@ -146,7 +150,7 @@ def test_two_workers_fill_one_bucket(seaweed, redis_url, shared_site, tmp_path):
     def worker(name: str):
         home = tmp_path / name
         home.mkdir()
-        settings = {k: v for k, v in worker_settings(redis_url, name, home).items() if k != "FEEDS"}
+        settings = worker_settings(redis_url, name)
         return s3_crawl(home, seaweed, shared_site.url("/photo/p01.html") if name == "a" else None, store,
                         settings=settings)
 
@@ -176,29 +180,29 @@ def cache_under_a_file(tmp_path: Path) -> dict:
     return {"XDG_CACHE_HOME": str(tmp_path / "a-file" / "cache")}
 
 
-def test_concurrent_appends_to_one_manifest_lose_no_line(seaweed, tmp_path):
-    """Workers ending together each add their lines to the one manifest: read, extend, and
-    write back only if nobody wrote in between (else again)."""
+@pytest.mark.parametrize("per_image", [True, False], ids=["merged", "appended"])
+def test_crawls_ending_at_once_lose_no_manifest_line(seaweed, tmp_path, per_image):
+    """Crawls ending together each bring their lines to the one manifest: read, merge (or
+    extend), and write back only if nobody wrote in between, else again."""
     from scrapy.settings import Settings
 
     from imgcrawl.s3 import S3FeedStorage
 
-    bucket = seaweed.bucket("appends")
-    settings = Settings({**seaweed.settings(), "AWS_VERIFY": "False"})
+    bucket = seaweed.bucket(f"ends-{'merged' if per_image else 'appended'}")
+    settings = Settings(seaweed.settings())
+    options = {"overwrite": False, "format": "jsonlines", "imgcrawl_per_image": per_image}
 
     def crawl_ends(worker: int) -> None:
-        for n in range(8):
-            feed = S3FeedStorage(f"s3://{bucket}/m/manifest.jsonl", settings,
-                                 feed_options={"overwrite": False, "format": "jsonlines"})
-            lines = tmp_path / f"{worker}-{n}.jsonl"
-            lines.write_text(f'{{"worker": {worker}, "n": {n}}}\n')
-            with lines.open("rb") as file:
-                feed._append(Path(file.name))
+        for n in range(6):
+            feed = S3FeedStorage(f"s3://{bucket}/m/manifest.jsonl", settings, feed_options=options)
+            file = feed.open(None)
+            file.write(json.dumps({"url": f"http://x/{worker}-{n}", "page_url": f"http://x/{worker}"}).encode() + b"\n")
+            feed._store(file)
 
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(crawl_ends, range(3)))
     lines = manifest(seaweed.objects(bucket), "m/manifest.jsonl")
-    assert sorted((line["worker"], line["n"]) for line in lines) == [(w, n) for w in range(3) for n in range(8)]
+    assert sorted(line["url"] for line in lines) == sorted(f"http://x/{w}-{n}" for w in range(3) for n in range(6))
 
 
 def hidden_botocore(tmp_path: Path) -> dict:

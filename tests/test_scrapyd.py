@@ -20,6 +20,7 @@ import requests
 from conftest import REPO, free_port
 from imgcrawl import exitstatus
 from test_crawl import expected_images
+from test_example_spiders import SPIDER_FIXTURES, serve
 
 USER, PASSWORD = "crawler", "s3cret-test"
 POLL_LIMIT = 180  # seconds any wait on scrapyd may take
@@ -87,12 +88,11 @@ def deploy(url: str, tmp_path) -> tuple[Path, dict]:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, project)
     shutil.copytree(REPO / "imgcrawl", project / "imgcrawl", ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "scrapy.cfg").write_text(
-        "[settings]\ndefault = imgcrawl.settings\n\n"
-        # No trailing slash: scrapyd-client appends "/schedule.json" to the URL as given.
-        f"[deploy]\nurl = {url.rstrip('/')}\nproject = imgcrawl\n"
-        "username = ${SCRAPYD_USERNAME}\npassword = ${SCRAPYD_PASSWORD}\n"
-    )
+    # The project's own scrapy.cfg, pointed at this scrapyd (no trailing slash: scrapyd-client
+    # appends "/schedule.json" to the URL as given); the credentials come from the environment.
+    cfg = (REPO / "scrapy.cfg").read_text()
+    assert "username = ${SCRAPYD_USERNAME}" in cfg and "password = ${SCRAPYD_PASSWORD}" in cfg
+    (project / "scrapy.cfg").write_text(re.sub(r"(?m)^url = .*$", f"url = {url.rstrip('/')}", cfg))
     env = {**os.environ, "SCRAPYD_USERNAME": USER, "SCRAPYD_PASSWORD": PASSWORD}
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(
@@ -131,6 +131,13 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
                             "IMGCRAWL_ALLOW_PRIVATE=True"]}  # the test site is on 127.0.0.1
     good = requests.post(url + "schedule.json", data=schedule, auth=(USER, PASSWORD), timeout=30).json()
     assert good["status"] == "ok", good
+    # A built-in site profile, read from inside the egg; no IMAGES_STORE given.
+    wp_start, wp_pages, wp_expected = SPIDER_FIXTURES["wordpress"]
+    wp_site = serve(wp_pages)
+    wordpress = requests.post(url + "schedule.json", auth=(USER, PASSWORD), timeout=30, data={
+        "project": "imgcrawl", "spider": "gallery", "site": "wordpress", "url": wp_site.url(wp_start),
+        "setting": ["IMGCRAWL_WORKERS=1", "IMGCRAWL_ALLOW_PRIVATE=True", "IMAGES_THUMBS={}"]}).json()
+    assert wordpress["status"] == "ok", wordpress
     # As README's scrapyd-client line does, with a bad argument.
     client = subprocess.run(
         [sys.executable, "-m", "scrapyd_client", "schedule", "-p", "imgcrawl", "gallery",
@@ -140,8 +147,11 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
     )
     assert client.returncode == 0, client.stdout + client.stderr
     bad = {"jobid": client.stdout.strip().rsplit("=> ", 1)[1]}
-    wait_finished(url, {good["jobid"], bad["jobid"]})
-    print(f"\nscrapyd: deploy + two jobs in {time.monotonic() - started:.1f} s")
+    try:
+        wait_finished(url, {good["jobid"], bad["jobid"], wordpress["jobid"]})
+    finally:
+        wp_site.stop()
+    print(f"\nscrapyd: deploy + three jobs in {time.monotonic() - started:.1f} s")
 
     log = (home / "logs" / "imgcrawl" / "gallery" / f"{good['jobid']}.log").read_text()
     # The job runs with the brief log a user gets: the summary (with the close reason) is last.
@@ -165,3 +175,19 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
     daemon_log = (home / "scrapyd.log").read_text()
     assert re.search(rf"Process finished: .*job='{good['jobid']}'", daemon_log), daemon_log[-3000:]
     assert re.search(rf"Process died: exitstatus={exitstatus.USAGE} .*job='{bad['jobid']}'", daemon_log), daemon_log[-3000:]
+
+    # The profile was found in the egg, and without IMAGES_STORE the images went to
+    # "images" in scrapyd's working directory (the jobs' too).
+    wp_log = (home / "logs" / "imgcrawl" / "gallery" / f"{wordpress['jobid']}.log").read_text()
+    assert "Site profile wordpress: WordPress gallery blocks" in wp_log, wp_log[-3000:]
+    assert "Summary (finished)" in wp_log and "Traceback" not in wp_log, wp_log[-3000:]
+    wp_items = [json.loads(line) for line in
+                (home / "items" / "imgcrawl" / "gallery" / f"{wordpress['jobid']}.jl").read_text().splitlines()]
+    assert {item["url"][len(wp_site.url("")):] for item in wp_items} == wp_expected
+    for item in wp_items:
+        assert item["status"] == "downloaded", item
+        assert (home / "images" / item["path"]).read_bytes() == wp_site.files[item["url"][len(wp_site.url("")):]][1]
+    # scrapyd's items_dir replaces FEEDS, so there is no per-image manifest: the contact
+    # sheet shows this crawl and says so.
+    assert not (home / "images" / "manifest.jsonl").exists()
+    assert "this crawl only" in (home / "images" / "index.html").read_text()

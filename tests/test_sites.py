@@ -3,14 +3,21 @@ and a real crawl driven by a user's profile file."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
+from parsel import Selector
+from scrapy.http import HtmlResponse
 
 from conftest import LocalSite, run_crawl
-from imgcrawl import sites
+from imgcrawl import extract, sites
 from imgcrawl.demo import make_image
 from imgcrawl.spiders.gallery import GallerySpider
 from imgcrawl.spiders.wordpress import WordPressGallerySpider
@@ -104,6 +111,7 @@ def test_crawl_with_a_user_profile_file(tmp_path):
 items = ".tile"
 image_attrs = ["data-full", "src"]
 next_page = "a.load-more"
+replace = ["next_page"]
 rewrite = [["_thumb\\.", "_full."], ["\\?w=\\d+$", ""]]
 exclude = ["/ads/"]
 [settings]
@@ -126,7 +134,7 @@ CONCURRENT_REQUESTS_PER_DOMAIN = 3
     for line in manifest:
         assert line["status"] == "downloaded"
         assert (result.store / line["path"]).read_bytes() == files[line["url"][len(site.url("")):]][1]
-    # next_page replaces the generic pagination: ?page=9 is not followed.
+    # With replace, next_page replaces the generic pagination: ?page=9 is not followed.
     assert set(site.hits) - expected == {"/robots.txt", "/g/", "/g/2"}
     # The profile's settings apply; -s on the command line wins over them.
     overridden = re.search(r"Overridden settings:\n(\{.*?\})", result.log, re.S).group(1)
@@ -149,3 +157,108 @@ def test_documented_profile_example_is_a_valid_profile(tmp_path):
     assert profile.items == "div.gallery figure" and profile.settings["DOWNLOAD_DELAY"] == 0.5
     assert profile.image_url("https://cdn.photos.example/uploads/a_thumb.jpg?w=300") == (
         "https://cdn.photos.example/uploads/a_full.jpg")
+
+
+def test_docs_profile_example_is_a_valid_profile(tmp_path):
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "sites.md").read_text()
+    toml = re.search(r"```toml\n(# mysite.toml\n.*?)```", docs, re.S).group(1)
+    profile = sites.load_profile(write(tmp_path, toml))
+    assert profile.items == "div.gallery figure" and profile.settings["DOWNLOAD_DELAY"] == 0.5
+    assert profile.replace == {"next_page"} and profile.description
+    assert profile.image_url("https://cdn.photos.example/uploads/a_thumb.jpg?w=300") == (
+        "https://cdn.photos.example/uploads/a_full.jpg")
+    # Every key the loader knows is in the example, and documented under its own heading.
+    assert set(tomllib.loads(toml)) == sites.KNOWN_KEYS
+    assert all(f"### `{key}`" in docs for key in sites.KNOWN_KEYS)
+
+
+# Items as a responsive, lazy-loading gallery marks them up: a 320 px src and the 1280 px
+# file in srcset (or data-srcset, lazily), and on some items the site's own zoom attribute.
+RESPONSIVE_ITEMS = """<html><body><div class="gallery">
+<figure class="ph"><img src="/img/a-320.jpg" srcset="/img/a-320.jpg 320w, /img/a-1280.jpg 1280w" alt="a"></figure>
+<figure class="ph" data-zoom-src="/img/b-zoom.jpg"><img src="/img/b-320.jpg"
+  srcset="/img/b-320.jpg 320w, /img/b-1280.jpg 1280w" alt="b"></figure>
+<figure class="ph"><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="/img/c-320.jpg"
+  data-srcset="/img/c-320.jpg 320w, /img/c-1280.jpg 1280w" alt="c"></figure>
+</div></body></html>"""
+
+
+def test_profile_image_attrs_extend_the_built_in_rules_in_a_crawl(tmp_path):
+    """A profile adding its site's zoom attribute (and, as profiles used to, src as a last
+    resort) still gets the 1280 px srcset candidate of items without it, lazy ones too."""
+    profile = write(tmp_path, 'items = "figure.ph"\nimage_attrs = ["data-zoom-src", "src"]\n')
+    files = {"/g/": ("text/html", RESPONSIVE_ITEMS.encode())}
+    for n, name in enumerate(["a-320", "a-1280", "b-320", "b-1280", "b-zoom", "c-320", "c-1280"]):
+        files[f"/img/{name}.jpg"] = ("image/jpeg", make_image(random.Random(n), "jpg", name))
+    site = LocalSite(files).start()
+    try:
+        result = run_crawl(tmp_path, "-a", f"url={site.url('/g/')}", "-a", f"profile={profile}",
+                           settings={"IMAGES_THUMBS": "{}"})
+    finally:
+        site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    expected = ["/img/a-1280.jpg", "/img/b-zoom.jpg", "/img/c-1280.jpg"]
+    lines = result.manifest()
+    assert [line["url"][len(site.url("")):] for line in lines] == expected
+    for line in lines:
+        assert line["status"] == "downloaded"
+        assert (result.store / line["path"]).read_bytes() == files[line["url"][len(site.url("")):]][1]
+    assert {path for path in site.hits if path.startswith("/img/")} == set(expected)
+
+
+def test_replace_makes_image_attrs_the_only_rules():
+    selector = Selector(text=RESPONSIVE_ITEMS)
+    profile = sites.parse_profile(
+        {"items": "figure.ph", "image_attrs": ["data-zoom-src", "src"], "replace": ["image_attrs"]}, "x", "x.toml")
+    spider = GallerySpider(url="https://x.example/g/", profile=None)
+    spider.profile = profile
+    response = HtmlResponse("https://x.example/g/", body=RESPONSIVE_ITEMS.encode())
+    # Exactly the listed attributes, in their order: src's 320 px file, and nothing for the
+    # lazy item, whose src is a placeholder.
+    assert [c.url for c in spider.image_candidates(response)] == [
+        "https://x.example/img/a-320.jpg", "https://x.example/img/b-zoom.jpg"]
+    assert [c.url for c in extract.item_candidates(selector, "https://x.example/g/", "figure.ph",
+                                                   ["src"], extend=True)] == [
+        "https://x.example/img/a-1280.jpg", "https://x.example/img/b-1280.jpg", "https://x.example/img/c-1280.jpg"]
+
+
+PAGINATED = (b'<html><body><a class="more" href="/g/more">more</a> <a rel="next" href="/g/?page=2">2</a>'
+             b'<a class="photo" href="/p/1"><img src="/t/1.jpg"></a></body></html>')
+
+
+@pytest.mark.parametrize("replace, pages", [
+    ([], ["/g/more", "/g/?page=2"]),  # the profile's selector first, then the generic rules
+    (["next_page"], ["/g/more"]),
+])
+def test_next_page_extends_the_generic_pagination_unless_replaced(replace, pages):
+    spider = GallerySpider(url="https://x.example/g/")
+    spider.profile = sites.parse_profile({"next_page": "a.more", "detail_page": "a.none",
+                                          "replace": replace}, "x", "x.toml")
+    response = HtmlResponse("https://x.example/g/", body=PAGINATED)
+    assert list(spider.next_pages(response)) == [f"https://x.example{p}" for p in pages]
+    # detail_page extends the same way: the generic rules still find the thumbnail's page.
+    assert list(spider.detail_pages(response)) == ["https://x.example/p/1"]
+
+
+def test_replace_names_only_keys_with_built_in_rules(tmp_path):
+    with pytest.raises(sites.ProfileError, match=r"replace: 'items' has no built-in rules to replace; "
+                                                  r"it may name image_attrs, next_page, detail_page"):
+        sites.load_profile(write(tmp_path, 'items = "div"\nreplace = ["items"]\n'))
+
+
+def test_builtin_profiles_are_read_from_a_zipped_package(tmp_path):
+    """As scrapyd imports the project: from an egg, a zip file on sys.path."""
+    egg = tmp_path / "project.egg"
+    package = Path(sites.__file__).resolve().parent.parent
+    with zipfile.ZipFile(egg, "w") as zf:
+        for path in package.rglob("*"):
+            if path.suffix in (".py", ".toml"):
+                zf.write(path, Path("imgcrawl") / path.relative_to(package))
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from imgcrawl import sites; "
+             "assert sites.__file__.startswith(sys.argv[1]), sites.__file__; "
+             "print(sorted(sites.builtin_profiles()), sites.find_profile('wordpress').description)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", probe, str(egg)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['wordpress'] WordPress gallery blocks and classic galleries"

@@ -1,15 +1,19 @@
 """Declarative site profiles: a TOML file per site, no code.
 
-Built-in profiles are the ``*.toml`` files in this package (``-a site=NAME``); a user's own
-file is ``-a profile=path/to/site.toml``. Keys (all optional)::
+Built-in profiles are the ``*.toml`` files in this package (``-a site=NAME``), read as
+package resources, so they are found inside a zipped egg (scrapyd) too; a user's own file
+is ``-a profile=path/to/site.toml``. Every key is optional and documented in
+``docs/sites.md``::
 
     name = "mysite"                       # defaults to the file name
+    description = "Photo pages of mysite" # one line, logged when the crawl starts
     domains = ["photos.example"]          # hosts the crawl may visit besides the start URLs'
     start_urls = ["https://photos.example/gallery/"]   # used when no -a url= is given
     items = "figure.gallery-item"         # CSS (or XPath starting with / or ( ): one image per item
-    image_attrs = ["data-full-url", "href", "data-srcset", "src"]   # where to look, best first
-    next_page = "a.next"                  # replaces the generic pagination rules
-    detail_page = "a.photo-link"          # replaces the generic detail-page rules
+    image_attrs = ["data-zoom-src"]       # looked up first, best first; then the built-in rules
+    next_page = "a.next"                  # followed as well as the generic pagination rules
+    detail_page = "a.photo-link"          # followed as well as the generic detail-page rules
+    replace = ["next_page"]               # these keys replace the built-in rules instead
     rewrite = [["_thumb\\.", "_full."], ["\\?w=\\d+$", ""]]          # regex, replacement
     include = ["/uploads/"]               # image URLs must match one of these (regex) ...
     exclude = ["/avatars/", "\\.svg$"]    # ... and none of these
@@ -25,6 +29,8 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +38,11 @@ from parsel import Selector
 
 from imgcrawl import links
 
-SITES_DIR = Path(__file__).resolve().parent
-
-_LIST_KEYS = ("domains", "start_urls", "image_attrs", "include", "exclude")
-_TEXT_KEYS = ("name", "items", "next_page", "detail_page")
-KNOWN_KEYS = frozenset(_LIST_KEYS + _TEXT_KEYS + ("rewrite", "settings", "description"))
+_LIST_KEYS = ("domains", "start_urls", "image_attrs", "include", "exclude", "replace")
+_TEXT_KEYS = ("name", "description", "items", "next_page", "detail_page")
+KNOWN_KEYS = frozenset(_LIST_KEYS + _TEXT_KEYS + ("rewrite", "settings"))
+# Keys that add to imgcrawl's built-in rules, unless ``replace`` names them.
+REPLACEABLE = ("image_attrs", "next_page", "detail_page")
 
 
 class ProfileError(ValueError):
@@ -56,6 +62,7 @@ class SiteProfile:
     rewrite: tuple[tuple[re.Pattern, str], ...] = ()
     include: tuple[re.Pattern, ...] = ()
     exclude: tuple[re.Pattern, ...] = ()
+    replace: frozenset[str] = frozenset()  # of REPLACEABLE: these replace the built-in rules
     settings: dict[str, Any] = field(default_factory=dict)
 
     def image_url(self, url: str) -> str | None:
@@ -68,9 +75,11 @@ class SiteProfile:
         return url
 
 
-def builtin_profiles() -> dict[str, Path]:
-    """Built-in profile names and their files."""
-    return {path.stem: path for path in sorted(SITES_DIR.glob("*.toml"))}
+def builtin_profiles() -> dict[str, Traversable]:
+    """Built-in profile names and their package resources."""
+    files = resources.files(__name__)
+    return {entry.name.removesuffix(".toml"): entry for entry in sorted(files.iterdir(), key=lambda e: e.name)
+            if entry.name.endswith(".toml")}
 
 
 def find_profile(name: str) -> SiteProfile:
@@ -78,19 +87,23 @@ def find_profile(name: str) -> SiteProfile:
     known = builtin_profiles()
     if name not in known:
         raise ProfileError(f"unknown site profile {name}: known are {', '.join(known) or 'none'}")
-    return load_profile(known[name])
+    return _read(known[name], name, f"imgcrawl/sites/{name}.toml")
 
 
 def load_profile(path: str | Path) -> SiteProfile:
     """Read and validate a profile file; every problem is one ``ProfileError`` line."""
     path = Path(path)
+    return _read(path, path.stem, str(path))
+
+
+def _read(file: Path | Traversable, default_name: str, source: str) -> SiteProfile:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+        raise ProfileError(f"cannot read profile {source}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"profile {path} is not valid TOML: {exc}") from None
-    return parse_profile(data, default_name=path.stem, source=str(path))
+        raise ProfileError(f"profile {source} is not valid TOML: {exc}") from None
+    return parse_profile(data, default_name=default_name, source=source)
 
 
 def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteProfile:
@@ -99,7 +112,7 @@ def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteP
         raise ProfileError(
             f"profile {source}: unknown key {unknown[0]!r}; known are {', '.join(sorted(KNOWN_KEYS))}"
         )
-    for key in _TEXT_KEYS + ("description",):
+    for key in _TEXT_KEYS:
         if key in data and not isinstance(data[key], str):
             raise ProfileError(f"profile {source}: {key} must be a string")
     for key in _LIST_KEYS:
@@ -114,6 +127,10 @@ def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteP
         isinstance(r, list) and len(r) == 2 and all(isinstance(v, str) for v in r) for r in rules
     ):
         raise ProfileError(f'profile {source}: rewrite must be a list of ["regex", "replacement"] pairs')
+    unknown = sorted(set(data.get("replace", ())) - set(REPLACEABLE))
+    if unknown:
+        raise ProfileError(f"profile {source}: replace: {unknown[0]!r} has no built-in rules to replace; "
+                           f"it may name {', '.join(REPLACEABLE)}")
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise ProfileError(f"profile {source}: [settings] must be a table of Scrapy settings")
@@ -129,6 +146,7 @@ def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteP
         rewrite=tuple((_regex(p, f"profile {source}: rewrite"), r) for p, r in rules),
         include=tuple(_regex(p, f"profile {source}: include") for p in data.get("include", ())),
         exclude=tuple(_regex(p, f"profile {source}: exclude") for p in data.get("exclude", ())),
+        replace=frozenset(data.get("replace", ())),
         settings=dict(settings),
     )
 

@@ -137,6 +137,9 @@ class GallerySpider(scrapy.Spider):
             # One line, no traceback: the crawl closes at once with this reason.
             logger.error("imgcrawl: %s", self.argument_error)
             raise scrapy.exceptions.CloseSpider("bad_argument")
+        if self.profile:
+            logger.info("Site profile %s%s", self.profile.name,
+                        f": {self.profile.description}" if self.profile.description else "")
         for url in self.start_urls:
             request = self.page_request(url)
             if request:
@@ -147,19 +150,26 @@ class GallerySpider(scrapy.Spider):
     def image_candidates(self, response: TextResponse) -> Iterable[extract.ImageCandidate]:
         if self.profile and self.profile.items:
             return extract.item_candidates(
-                response.selector, response.url, self.profile.items, self.profile.image_attrs
+                response.selector, response.url, self.profile.items, self.profile.image_attrs,
+                extend="image_attrs" not in self.profile.replace,
             )
         return extract.image_candidates(response.selector, response.url)
 
     def next_pages(self, response: TextResponse) -> Iterable[str]:
-        if self.profile and self.profile.next_page:
-            return links.selected_links(response.selector, response.url, self.profile.next_page, self.site_hosts(response))
-        return links.pagination_links(response.selector, response.url, self.site_hosts(response))
+        return self._profile_links(response, "next_page", links.pagination_links)
 
     def detail_pages(self, response: TextResponse) -> Iterable[str]:
-        if self.profile and self.profile.detail_page:
-            return links.selected_links(response.selector, response.url, self.profile.detail_page, self.site_hosts(response))
-        return links.detail_links(response.selector, response.url, self.site_hosts(response))
+        return self._profile_links(response, "detail_page", links.detail_links)
+
+    def _profile_links(self, response: TextResponse, key: str, generic) -> list[str]:
+        """The links the profile's selector ``key`` picks, then the generic rules' (unless
+        the profile replaces them), each once."""
+        hosts = self.site_hosts(response)
+        query = getattr(self.profile, key, None) if self.profile else None
+        picked = links.selected_links(response.selector, response.url, query, hosts) if query else []
+        if query and key in self.profile.replace:
+            return list(picked)
+        return list(dict.fromkeys([*picked, *generic(response.selector, response.url, hosts)]))
 
     def rewrite(self, url: str) -> str | None:
         """The URL to fetch for an image found as ``url``; None skips it."""
