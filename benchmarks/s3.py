@@ -50,6 +50,12 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def server_cpu(server: SeaweedFS) -> float:
+    """CPU seconds the S3 server has used (it shares this machine's cores with the crawl)."""
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def clients(server: SeaweedFS) -> None:
     import boto3
 
@@ -96,8 +102,8 @@ def crawl(server: SeaweedFS, images: int, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(root / "cache")}
     env.pop("SCRAPY_SETTINGS_MODULE", None)
     stores = {"local directory": str(root / "local"), "S3 bucket": f"s3://{bucket}/w1/"}
-    print(f"\n| store | crawl | images | wall s | images/s | CPU ms/image: crawl process | workers | verified |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print(f"\n| store | crawl | images | wall s | images/s | CPU ms/image: crawl process | workers | S3 server | "
+          "verified |\n|---|---|---|---|---|---|---|---|---|")
     with Server(workload, corpus) as site:
         urls = site.call("/__urls").decode().split()
         expected = {u: entries[n % len(entries)]["sha256"] for n, u in enumerate(urls)}
@@ -108,7 +114,9 @@ def crawl(server: SeaweedFS, images: int, out: Path) -> None:
                        *(f"-s{k}={v}" for k, v in server.settings().items() if store.startswith("s3://"))]
                 site.reset()
                 log = root / f"{store_name}-{run}.log"
+                before = server_cpu(server)
                 m = measure(cmd, REPO, env, log, 1800)
+                served = (server_cpu(server) - before) * 1000 / images
                 own, workers = (float(v) * 1000 / images for v in log.read_text().rsplit("\nCPU ", 1)[1].split())
                 if run == "first":
                     local = Path(store)
@@ -119,7 +127,7 @@ def crawl(server: SeaweedFS, images: int, out: Path) -> None:
                 else:
                     outcome = f"{site.stats()['requests']} requests to the site (pages, robots.txt)"
                 print(f"| {store_name} | {run} | {images} | {m.wall:.1f} | {images / m.wall:.1f} | {own:.1f} | "
-                      f"{workers:.1f} | {outcome} |", flush=True)
+                      f"{workers:.1f} | {served:.1f} | {outcome} |", flush=True)
 
 
 def main() -> None:

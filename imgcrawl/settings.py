@@ -129,8 +129,8 @@ FEEDS = {
 FEED_URI_PARAMS = "imgcrawl.manifest.manifest_uri_params"
 # Local manifests are written a whole line at a time as each image is stored; a full disk
 # or a read-only file is one line and the crawl's close reason, not a traceback per item.
-# A manifest in a bucket is appended to (read, extended, written back if unchanged), with
-# the same AWS_* settings as the images; Scrapy's would replace it at every crawl.
+# A manifest in a bucket is merged as on disk (read, merged, written back if no other crawl
+# wrote it meanwhile), with the same AWS_* settings as the images; Scrapy's would replace it.
 FEED_STORAGES = {
     "": "imgcrawl.manifest.ManifestFileStorage", "file": "imgcrawl.manifest.ManifestFileStorage",
     "s3": "imgcrawl.s3.S3FeedStorage",
