@@ -325,12 +325,15 @@ class Forward(BaseHTTPRequestHandler):
 
 
 def test_throttled_uploads_are_retried(seaweed, site, tmp_path):
+    """Also: a manifest of the ordinary kind (not per image) in the bucket is appended to, and
+    the contact sheet, of this crawl's items then, is uploaded too."""
     bucket = seaweed.bucket("throttled")
     proxy = Throttling(seaweed.ports["s3"])
+    appended = json.dumps({"%(images_store)s/manifest.jsonl": {"format": "jsonlines", "overwrite": False}})
     try:
         started = time.monotonic()
         finished(s3_crawl(tmp_path, seaweed, site.url("/few/"), f"s3://{bucket}/t/",
-                          settings={"AWS_ENDPOINT_URL": proxy.endpoint}))
+                          settings={"AWS_ENDPOINT_URL": proxy.endpoint, "FEEDS": appended}))
         print(f"\nthrottled crawl: {time.monotonic() - started:.1f} s, {len(proxy.refused)} PUTs refused once each")
     finally:
         proxy.shutdown()
@@ -341,3 +344,4 @@ def test_throttled_uploads_are_retried(seaweed, site, tmp_path):
     for line in stored:
         assert objects[f"t/{line['path']}"]["Body"] == site.files[line["url"].split(str(site.port), 1)[1]][1]
     assert len(proxy.refused) >= len(IMAGES) - 1  # each original (the copy's too, then removed)
+    assert b"this crawl only" in objects["t/index.html"]["Body"]
