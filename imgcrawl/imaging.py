@@ -258,7 +258,7 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if _needs_swap(image) else (width, height)
 
 
-class Files:
+class FileSystem:
     """Where :func:`process_image` writes and :func:`rethumb` reads by default: local files,
     at absolute paths. Another store (:class:`imgcrawl.s3.S3Objects`) offers the same two
     methods for its own locations."""
@@ -280,7 +280,7 @@ def process_image(
     thumbs: dict[str, tuple[tuple[int, int], str]],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_size: tuple[int, int] = (0, 0),
-    store=Files,
+    store=FileSystem,
 ) -> dict:
     """Validate ``data``, write it unchanged to ``original_path`` (with its facts, which a
     bucket keeps as the object's metadata) and each thumbnail ``{name: ((w, h), path)}`` as
@@ -345,7 +345,7 @@ def rethumb(
     original_path: str,
     thumbs: dict[str, tuple[tuple[int, int], str]],
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    store=Files,
+    store=FileSystem,
 ) -> dict:
     """New thumbnails from an already stored original (after ``IMAGES_THUMBS`` changed, or
     for an original found without its record). Not judged by ``min_size``: it is stored."""

@@ -2,8 +2,8 @@
 
 Lets the pipeline answer "already stored and fresh?" with one indexed lookup and a few
 ``stat`` calls (a HEAD each in a bucket), instead of Scrapy's read-and-MD5-the-whole-file
-check. Pure (sqlite3 and files only, no reactor). One :class:`SQLiteIndex` must be used from one thread at a time;
-the pipeline gives it a dedicated thread. :class:`RedisIndex` has the same interface and is
+check. Pure (sqlite3 and files only, no reactor). One :class:`SQLiteIndex` must be used
+from one thread at a time; the pipeline gives it a dedicated thread. :class:`RedisIndex` has the same interface and is
 shared by every worker of a distributed crawl (redis-py only, imported when used).
 :class:`StoredImages` joins either index with the files it names: :class:`LocalFiles`, or
 the objects of an S3 store (:class:`imgcrawl.s3.S3Objects`), which answer the same calls.

@@ -32,7 +32,7 @@ class LocalStore:
     ``open_spider`` makes the directory and reports a failure there in one line.
     """
 
-    writer = imaging.Files  # the workers write the files at absolute paths
+    writer = imaging.FileSystem  # the workers write the files at absolute paths
     connections = 0  # its files are checked on the index thread, a stat at a time
 
     def __init__(self, uri: str):
