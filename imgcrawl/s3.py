@@ -167,6 +167,10 @@ def client(config: S3Config, attempts: int = MAX_ATTEMPTS):
     import botocore.session  # noqa: PLC0415 - the `s3` extra, imported only when used
     from botocore.config import Config  # noqa: PLC0415
 
+    # Each client made says at INFO where botocore found the keys and the endpoint: not news
+    # to whoever set them, and said again by every client of the crawl.
+    for name in ("botocore.credentials", "botocore.configprovider"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     options = {"max_pool_connections": config.max_pool_connections} if config.max_pool_connections else {}
     return botocore.session.get_session().create_client(
         "s3",
