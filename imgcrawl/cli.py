@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgcrawl import __version__
+from imgcrawl import __version__, render
 
 SETTINGS_MODULE = "imgcrawl.settings"
 SPIDER = "gallery"
@@ -61,7 +61,7 @@ def name_value(flag: str):
 
 # Spider arguments that imgcrawl crawl has an option for: two ways to say one thing would conflict.
 OPTION_FOR = {"url": "URL...", "max_images": "--max-images", "max_pages": "--max-pages",
-              "site": "--site", "profile": "--profile"}
+              "site": "--site", "profile": "--profile", "render": "--render"}
 
 
 def spider_argument(text: str) -> str:
@@ -118,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     profile = crawl.add_mutually_exclusive_group()
     profile.add_argument("--site", metavar="NAME", help="a built-in site profile, e.g. wordpress")
     profile.add_argument("--profile", metavar="FILE", help="a site profile file (TOML)")
+    crawl.add_argument("--render", choices=render.RENDER_MODES, metavar="MODE",
+                       help="gallery pages as served (static, the default), rendered in headless Chromium "
+                            "(browser), or rendered where they look built by scripts (auto): docs/render.md")
     crawl.add_argument("-s", "--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                        type=name_value("-s"), help="a Scrapy or imgcrawl setting (repeatable)")
     crawl.add_argument("-a", dest="spider_args", action="append", default=[], metavar="NAME=VALUE",
@@ -137,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
 def scrapy_crawl_args(args: argparse.Namespace) -> list[str]:
     """``imgcrawl crawl``'s options as ``scrapy crawl gallery`` arguments."""
     argv = ["crawl", SPIDER, "-a", "url=" + ",".join(args.urls), "-s", f"IMAGES_STORE={args.output}"]
-    for name in ("max_images", "max_pages", "site", "profile"):
+    for name in ("max_images", "max_pages", "site", "profile", "render"):
         if getattr(args, name) is not None:
             argv += ["-a", f"{name}={getattr(args, name)}"]
     for value in args.spider_args:

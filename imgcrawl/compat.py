@@ -223,3 +223,26 @@ class OneLineHttpCompression(HttpCompressionMiddleware):
             # Its traceback's frames hold what was decompressed so far (up to the limit).
             exc.__traceback__ = None
             raise DecompressedTooLarge(exc.max_size, len(body)) from None
+
+
+# -- the downloader's per-host limit under the asyncio reactor -------------------------
+
+from scrapy.core.downloader import Downloader as ScrapyDownloader  # noqa: E402
+
+
+class Downloader(ScrapyDownloader):
+    """Scrapy's downloader (``DOWNLOADER``), with each request counted against its slot's
+    concurrency as soon as it leaves the slot's queue.
+
+    Scrapy counts a request as transferring in the first step of the coroutine that
+    downloads it. Without the asyncio reactor that step runs at once; under it the
+    coroutine is a task that runs later, so the loop handing out the slot's free places
+    sees them all still free and starts every queued request: the per-host limit leaks
+    (``CONCURRENT_REQUESTS_PER_DOMAIN`` = 2 let 7 requests to one host run at once, over one
+    connection each). The private ``_wait_for_download(slot, request, queue_dfd)`` is the
+    coroutine that loop schedules; ``Slot.transferring`` is the set its limit counts.
+    """
+
+    def _wait_for_download(self, slot, request, queue_dfd):
+        slot.transferring.add(request)  # _download adds it again (a set) and removes it when done
+        return super()._wait_for_download(slot, request, queue_dfd)

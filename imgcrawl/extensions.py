@@ -31,7 +31,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 import imgcrawl
-from imgcrawl import contact_sheet, exitstatus, live, progress, s3
+from imgcrawl import contact_sheet, exitstatus, live, progress, render, s3
 from imgcrawl.failures import Failed, store_failure
 from imgcrawl.manifest import LOST_STAT, fill_feed_uri, is_per_image
 from imgcrawl.progress import MB
@@ -218,6 +218,10 @@ class Progress:
         lines += [
             f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(counts.failures.items())
         ]
+        hinted = self.stats.get_value(render.HINT_STAT, 0)
+        if hinted:
+            lines.append(f"  {hinted} page{'s' if hinted > 1 else ''} had no image in their HTML but scripts "
+                         "that build them: crawl again with -a render=browser (docs/render.md)")
         lines.append(f"  originals: {store}/full  thumbnails: {store}/thumbs")
         feeds = [fill_feed_uri(uri, store, self.crawler.spidercls.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:

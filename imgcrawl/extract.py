@@ -18,7 +18,7 @@ from lxml.html import HtmlElement
 from parsel import Selector
 
 from imgcrawl.css import css_image_urls
-from imgcrawl.links import absolute_url, is_image_url, page_base, select
+from imgcrawl.links import absolute_url, is_image_url, is_media_url, opens_media, page_base, select
 
 # Attributes that may carry the real image of an <img>, best first. Lazy loaders keep the
 # real URL in data-* attributes and put a placeholder in src.
@@ -38,8 +38,6 @@ IMG_FULL_ATTRS = (
 # the link is a lightbox one.
 LINK_FULL_ATTRS = ("data-pswp-src", "data-src", "data-full", "data-full-url")
 LIGHTBOX_LINK_ATTRS = ("data-fancybox", "data-lightbox", "data-pswp-width", "data-lg-size")
-# Lightbox links that open something other than an image.
-_NON_IMAGE_LIGHTBOX_TYPES = frozenset({"iframe", "video", "inline", "ajax", "html", "clone"})
 # <picture><source type> the pipeline can thumbnail with any Pillow build; AVIF/HEIC/JXL
 # decoding depends on how Pillow was built, and the <img> fallback is always one of these.
 THUMBNAIL_TYPES = frozenset(
@@ -151,26 +149,38 @@ def best_img_url(img: HtmlElement, base: str) -> str | None:
 
 def best_picture_url(picture: HtmlElement, base: str, types: frozenset[str] = THUMBNAIL_TYPES) -> str | None:
     """``<picture>``: the largest candidate over its ``<source>`` elements in a format in
-    ``types`` (untyped sources count) and its ``<img>``'s srcset, else its ``<img>``."""
+    ``types`` (untyped sources count) and its ``<img>``'s srcset, else its ``<img>``. With
+    art direction (``media`` on a source) whose sources all name the ``<img>``'s own file,
+    the sources are crops of it for other screens: the ``<img>``'s own URL is the picture."""
     sources = [s for s in picture.iter("source") if s.get("type", "").lower() in types | {""}]
     img = list(picture.iter("img"))
-    best: tuple[float, float, str] | None = None
-    for node in sources + img[:1]:
-        for attr in IMG_SRCSET_ATTRS:
-            for raw, width, density in parse_srcset(node.get(attr, "")):
-                url = absolute_url(raw, base)
-                if url and not is_placeholder(url) and (best is None or (width, density) > best[:2]):
-                    best = (width, density, url)
-    if best:
-        return best[2]
-    return best_img_url(img[0], base) if img else None
+    candidates = [
+        (width, density, url)
+        for node in sources + img[:1]
+        for attr in IMG_SRCSET_ATTRS
+        for raw, width, density in parse_srcset(node.get(attr, ""))
+        if (url := absolute_url(raw, base)) and not is_placeholder(url)
+    ]
+    own = best_img_url(img[0], base) if img else None
+    if own and any(s.get("media") for s in sources) and all(_same_file(url, own) for *_, url in candidates):
+        return own
+    if candidates:
+        return max(candidates, key=lambda c: c[:2])[2]  # the first of the largest
+    return own
+
+
+def _same_file(url: str, other: str) -> bool:
+    """Same host and file name: the same picture, whatever size, crop or format the image
+    service makes of it (query parameters, or path segments before the name)."""
+    a, b = urlsplit(url), urlsplit(other)
+    return a.hostname == b.hostname and a.path.rsplit("/", 1)[-1] == b.path.rsplit("/", 1)[-1]
 
 
 def link_full_url(a: HtmlElement, base: str) -> str | None:
     """The full-size image an ``<a>`` opens: a gallery-library data attribute, or its
     ``href`` when that is an image file or a lightbox link to an image."""
     attrib = a.attrib
-    if attrib.get("data-type", "").lower() in _NON_IMAGE_LIGHTBOX_TYPES:
+    if opens_media(a):
         return None
     found = _first_real((attrib.get(attr) for attr in LINK_FULL_ATTRS), base)
     if found:
@@ -222,7 +232,8 @@ def json_ld_images(sel: Selector) -> list[str]:
         elif isinstance(node, dict):
             types = node.get("@type", ())
             is_image = "ImageObject" in ([types] if isinstance(types, str) else types)
-            for key in ("contentUrl", "url") if is_image else ("contentUrl",):
+            # A VideoObject's (or any other typed object's) contentUrl is not an image.
+            for key in ("contentUrl", "url") if is_image else () if types else ("contentUrl",):
                 if isinstance(node.get(key), str):
                     urls.append(node[key])
                     break
@@ -256,7 +267,7 @@ class _Found:
         self.by_url: dict[str, ImageCandidate] = {}
 
     def add(self, url: str | None, alt: str = "", title: str = "") -> None:
-        if url and not is_placeholder(url) and url not in self.by_url:
+        if url and not is_placeholder(url) and not is_media_url(url) and url not in self.by_url:
             self.by_url[url] = ImageCandidate(url, alt.strip(), title.strip())
 
     def values(self) -> list[ImageCandidate]:
@@ -283,6 +294,8 @@ def _element_candidate(node: HtmlElement, base: str) -> tuple[str | None, HtmlEl
         own = best_img_url(twin, base) or own  # the lazy one only had a placeholder or LQIP
     full = _first_real((inner.get(attr) for attr in IMG_FULL_ATTRS), base)
     link = _nearest(inner, "a")
+    if link is not None and opens_media(link):
+        return None  # a video's poster
     if not full and link is not None:
         full = link_full_url(link, base)
         if not full and absolute_url(link.get("href"), base):

@@ -121,18 +121,25 @@ class PrivateAddressGuard:
                                      f"{proxy}, which connects where the guard cannot check "
                                      "(set IMGCRAWL_ALLOW_PROXY=True to allow)")
             self.proxy_hosts.add(urlsplit(add_http_if_no_scheme(proxy)).hostname)
+        await self.check_host(host, request.url)
+        return None
+
+    async def check_host(self, host: str, url: str) -> list[str]:
+        """The addresses ``host`` (of ``url``) resolves to; :class:`BlockedRequest` unless
+        there are some and the policy allows each. The rendering browser's connections are
+        checked here too (:mod:`imgcrawl.browser`)."""
         if _is_ip(host):
             addresses = [host]
         else:
             addresses = await self.resolve(host) if host else []
         if not addresses:  # refused here, or the downloader or the proxy would ask again
-            raise BlockedRequest("dns", f"{host or request.url} does not resolve, so the guard "
+            raise BlockedRequest("dns", f"{host or url} does not resolve, so the guard "
                                  "cannot check where it leads")
         for address in addresses:
             if not self.allowed(address):
                 raise BlockedRequest("private-address", f"{host} is {address}, not a public "
                                      "address (set IMGCRAWL_ALLOW_PRIVATE=True to allow)")
-        return None
+        return addresses
 
     def check_connections(self):
         """Make every connection get only allowed addresses. Without this the downloader's

@@ -23,9 +23,20 @@ from w3lib.url import safe_url_string
 IMAGE_EXTENSIONS = frozenset(
     "jpg jpeg jpe jfif png gif webp avif bmp tif tiff svg heic heif".split()
 )
+# Video and audio files (and their stream playlists): never fetched as an image (a gallery's
+# video slide links to one) and never followed as a page.
+MEDIA_EXTENSIONS = frozenset(
+    "mp4 m4v mov webm ogv ogg avi mkv wmv flv mpg mpeg 3gp m3u8 mpd mp3 m4a wav aac flac".split()
+)
 
 # These see hrefs from the page: each matches fixed words or one run of digits from a given
 # start, so their time stays linear in the href's length (tests/test_bounds_regex.py).
+# Lightbox links that open something other than an image (Fancybox's data-type,
+# PhotoSwipe's data-pswp-type) ...
+_NON_IMAGE_LIGHTBOX_TYPES = frozenset({"iframe", "video", "inline", "ajax", "html", "clone"})
+_LIGHTBOX_TYPE_ATTRS = ("data-type", "data-pswp-type")
+# ... or a video slide: lightGallery's (data-video, data-poster) and PhotoSwipe's video plugin's.
+_VIDEO_LINK_ATTRS = ("data-video", "data-poster", "data-pswp-video-src")
 _PAGE_PARAM_RE = re.compile(r"[?&](?:page|p|pg)=\d+", re.I)
 _PAGE_PATH_RE = re.compile(r"/page/\d+/?$", re.I)
 _NEXT_TEXT = ("next", "next page", "older", "more", "›", "»", "→", ">", ">>")
@@ -73,10 +84,30 @@ def is_absolute_http(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _extension(url: str) -> str:
+    path = urlsplit(url).path.lower()
+    return path.rsplit(".", 1)[1] if "." in path else ""
+
+
 def is_image_url(url: str) -> bool:
     """Does the URL's path end in an image file extension?"""
-    path = urlsplit(url).path.lower()
-    return "." in path and path.rsplit(".", 1)[1] in IMAGE_EXTENSIONS
+    return _extension(url) in IMAGE_EXTENSIONS
+
+
+def is_media_url(url: str) -> bool:
+    """Does the URL's path end in a video or audio file extension?"""
+    return _extension(url) in MEDIA_EXTENSIONS
+
+
+def opens_media(a: HtmlElement) -> bool:
+    """Does a (lightbox) link open a video, an iframe or other non-image content? Then what
+    it opens is neither an image nor a page to follow, and the thumbnail in it (a video's
+    poster) is no gallery image."""
+    attrib = a.attrib
+    if any(attrib.get(attr, "").lower() in _NON_IMAGE_LIGHTBOX_TYPES for attr in _LIGHTBOX_TYPE_ATTRS):
+        return True
+    # The extension needs no resolving: a relative href has the same path ending.
+    return any(attr in attrib for attr in _VIDEO_LINK_ATTRS) or is_media_url(attrib.get("href", ""))
 
 
 def select(sel: Selector, query: str) -> list[Selector]:
@@ -131,7 +162,7 @@ def detail_links(sel: Selector, page_url: str, hosts: frozenset[str] | None = No
     for a in _links(sel):
         href = a.get("href")
         url = absolute_url(href, base)
-        if not url or is_image_url(url):
+        if not url or is_image_url(url) or opens_media(a):
             continue
         if next(a.iter("img", "picture"), None) is not None or _DETAIL_PATH_RE.search(urlsplit(url).path):
             raw.append(href)
@@ -142,7 +173,7 @@ def _unique_links(raw, base: str, hosts, page_url: str) -> list[str]:
     seen: dict[str, None] = {}
     for href in raw:
         url = absolute_url(href, base)
-        if url and url != page_url and not is_image_url(url) and _same_site(url, hosts):
+        if url and url != page_url and not is_image_url(url) and not is_media_url(url) and _same_site(url, hosts):
             seen.setdefault(url, None)
     return list(seen)
 

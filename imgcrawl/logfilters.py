@@ -6,6 +6,8 @@ enables explicitly (``EXTENSIONS = {"imgcrawl.logfilters.OneLineLogs": 0}``).
   keep Scrapy's "Error downloading" line).
 * A robots.txt that could not be fetched: Scrapy logs an ERROR with a traceback though the
   crawl goes on (the host then counts as allowing everything); one WARNING line says so.
+* A rendered page that failed (``-a render=browser``): scrapy-playwright warns with a
+  traceback as it closes the page; the spider reports the page in one line, so that is dropped.
 
 The filters sit on Scrapy's loggers, which are process-wide: they are added when the
 crawler is built and removed when its engine stops, so nothing outlives the crawl.
@@ -60,6 +62,16 @@ class RobotsTxtOneLine(logging.Filter):
         return True
 
 
+# scrapy-playwright's logger, and the start of its warning for a page that failed.
+PLAYWRIGHT_LOGGER = "scrapy-playwright"
+PLAYWRIGHT_PAGE_FAILED = "Closing page due to failed request"
+
+
+class DropRenderedPageFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(PLAYWRIGHT_PAGE_FAILED)
+
+
 class OneLineLogs:
     """Adds the filters above to Scrapy's loggers for the life of one crawl."""
 
@@ -67,6 +79,7 @@ class OneLineLogs:
         self.installed = [
             (logging.getLogger(compat.HTTP11_LOGGER), DropOversizeAndDataLoss()),
             (logging.getLogger(compat.ROBOTSTXT_LOGGER), RobotsTxtOneLine()),
+            (logging.getLogger(PLAYWRIGHT_LOGGER), DropRenderedPageFailure()),
         ]
         for logger, one_line in self.installed:
             logger.addFilter(one_line)

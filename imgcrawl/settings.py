@@ -12,10 +12,12 @@ USER_AGENT = "imgcrawl/0.1 (Scrapy image-gallery crawler)"
 # Polite by default: robots.txt is honoured (images included).
 ROBOTSTXT_OBEY = True
 
-# Under the asyncio reactor (Scrapy's default) the per-host limit leaks: requests start as
-# tasks and count as transferring only once they run, so more connections open than the
-# limit and keep-alive churns. Epoll keeps the limit exact (measured: benchmarks/README.md).
+# Static crawls run on epoll (the reactor the benchmarks measure, docs/performance.md);
+# render=browser switches a crawl to asyncio, which scrapy-playwright needs (docs/render.md).
 TWISTED_REACTOR = "twisted.internet.epollreactor.EPollReactor"
+# Scrapy's downloader with that leak closed, for crawls that run on the asyncio reactor
+# (-a render=browser, see imgcrawl/render.py): the per-host limit holds on both reactors.
+DOWNLOADER = "imgcrawl.compat.Downloader"
 
 # Per-host concurrency is also the keep-alive pool size (maxPersistentPerHost), so every
 # slot of concurrency reuses one kept connection instead of opening and closing extras.
@@ -75,6 +77,22 @@ IMGCRAWL_MAX_HEADER_BYTES = 64 * 1024
 # they fill this, no image download starts and no compressed one is decompressed. The image
 # count bound alone let large or decompressed bodies add up to gigabytes.
 IMGCRAWL_MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
+# -a render=browser (imgcrawl/render.py, imgcrawl/browser.py): pages rendered in headless
+# Chromium. The browser (Debian's chromium; Playwright's own download is never used):
+IMGCRAWL_BROWSER = "/usr/bin/chromium"
+# Pages rendered at once: each is a renderer process of 50-200 MB.
+IMGCRAWL_RENDER_PAGES = 2
+# Seconds a page may take to load before it fails (as a page that timed out).
+IMGCRAWL_RENDER_TIMEOUT = 30
+# Scrolling and "Load more" clicks per page stop after a round that adds no image, or after
+# this many seconds or rounds, whichever comes first.
+IMGCRAWL_RENDER_SCROLL_TIME = 20
+IMGCRAWL_RENDER_SCROLLS = 50
+# Each renderer's JavaScript heap, in MB: a runaway page fails instead of eating the machine.
+IMGCRAWL_RENDER_MEMORY_MB = 512
+# Resource types the browser does not fetch: the DOM keeps their URLs, and image files are
+# downloaded once, by Scrapy (keep-alive pool, byte-exact, the guard, robots.txt).
+IMGCRAWL_RENDER_BLOCK = ["image", "media", "font"]
 # One DNS lookup per host, not per request.
 DNSCACHE_ENABLED = True
 DNSCACHE_SIZE = 10_000

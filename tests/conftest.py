@@ -45,9 +45,10 @@ class LocalSite:
     connections: int = 0
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve HTTPS with this context
+    host: str = "127.0.0.1"  # another loopback address (127.0.0.2) stands in for a LAN host
 
     def url(self, path: str = "/") -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
     def start(self) -> "LocalSite":
         site = self
@@ -79,7 +80,7 @@ class LocalSite:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Request)
+        self._server = ThreadingHTTPServer((self.host, 0), Request)
         self._server.daemon_threads = True
         if self.tls:
             self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)

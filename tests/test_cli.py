@@ -118,6 +118,8 @@ def test_bad_usage_exits_2_before_anything_starts(tmp_path):
         (("crawl", "https://example.com/", "--max-images", "0"), "'0' is not a whole number of at least 1"),
         (("crawl", "https://example.com/", "-s", "DOWNLOAD_DELAY"), "'DOWNLOAD_DELAY' is not NAME=VALUE"),
         (("crawl", "https://example.com/", "-a", "url=https://example.org/"), "use URL..., not -a url=..."),
+        (("crawl", "https://example.com/", "-a", "render=browser"), "use --render, not -a render=..."),
+        (("crawl", "https://example.com/", "--render", "chrome"), "invalid choice: 'chrome'"),
         (("crawl", "https://example.com/", "--site", "wordpress", "--profile", "p.toml"), "not allowed with argument"),
         (("frobnicate",), "invalid choice: 'frobnicate'"),
     ):

@@ -72,6 +72,8 @@ PRIVATE_NAMES = [
     "scrapy.core.downloader.handlers.http11:_LenientHTTPClientParser.lineReceived",
     "scrapy.downloadermiddlewares.httpcompression:HttpCompressionMiddleware._handle_encoding",
     "scrapy.utils._compression:_DecompressionMaxSizeExceeded",
+    "scrapy.core.downloader:Downloader._wait_for_download",
+    "scrapy.core.downloader:Downloader._process_queue",
     "scrapy.commands:BaseRunSpiderCommand._create_crawler",
 ]
 
@@ -641,6 +643,26 @@ def test_decompression_over_the_limit_raises_ours_without_scrapys_warning(caplog
     assert isinstance(caught.value.__cause__, compat.DecompressionMaxSizeExceeded), changed(
         "HttpCompressionMiddleware's IgnoreRequest for a body over the limit (its __cause__)"
     )
+
+
+def test_the_downloader_schedules_each_queued_request_through_wait_for_download():
+    # compat.Downloader counts a request against its slot in _wait_for_download, which
+    # _process_queue must call (then schedule) once per request it takes off the queue.
+    compat = load_compat()
+    downloader = private("scrapy.core.downloader:Downloader")
+    slot_class = private("scrapy.core.downloader:Slot")
+    params = list(inspect.signature(downloader._wait_for_download).parameters)
+    assert params == ["self", "slot", "request", "queue_dfd"], changed("Downloader._wait_for_download's signature")
+    source = inspect.getsource(downloader._process_queue)
+    assert "self._wait_for_download(slot, request, queue_dfd)" in source, changed(
+        "Downloader._process_queue (how it starts a queued request)")
+    slot = slot_class(concurrency=2, delay=0)
+    assert isinstance(slot.transferring, set) and slot.free_transfer_slots() == 2, changed(
+        "Slot.transferring (the set its concurrency limit counts)")
+    request = scrapy.Request("http://127.0.0.1/a.jpg")
+    coroutine = compat.Downloader(get_crawler())._wait_for_download(slot, request, None)
+    assert slot.free_transfer_slots() == 1  # counted before the coroutine runs
+    coroutine.close()
 
 
 # -- the crawl command and the log's start and end ---------------------------------------

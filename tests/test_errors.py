@@ -60,7 +60,7 @@ def test_subclass_arguments_are_known():
     bad = TaggedSpider(url="https://example.com/g", colour="red")
     assert bad.argument_error == (
         "unknown -a colour=...: did you mean -a color=...? "
-        "known arguments: url, max_pages, max_images, site, profile, color, tag"
+        "known arguments: url, max_pages, max_images, site, profile, render, color, tag"
     )
 
 

@@ -225,3 +225,29 @@ def test_rewrite_url_rules_apply_in_order():
     rules = [(re.compile(r"_thumb(\.\w+)$"), r"_full\1"), (re.compile(r"[?&]w=\d+$"), "")]
     assert links.rewrite_url("https://x.example/a_thumb.jpg", rules) == "https://x.example/a_full.jpg"
     assert links.rewrite_url("https://x.example/b.jpg?w=300", rules) == "https://x.example/b.jpg"
+
+
+def test_a_video_is_never_an_image():
+    html = """<a data-fancybox="g" href="/clips/a.mp4"><img src="/posters/a.jpg"></a>
+      <a href="/clips/b.webm" data-pswp-width="1920"><img src="/posters/b.jpg"></a>
+      <a data-fancybox data-type="video" href="https://video.example/watch?v=1"><img src="/posters/c.jpg"></a>
+      <a data-lg-size="1280-720" data-src="//www.youtube.com/watch?v=2" data-poster="/posters/d.jpg"><img src="/posters/d.jpg"></a>
+      <div style="background-image: url(/loops/e.mp4)"></div>
+      <script type="application/ld+json">{"@type": "VideoObject", "contentUrl": "https://cdn.example/f",
+        "thumbnailUrl": "/posters/f.jpg"}</script>
+      <a href="/photos/g.jpg"><img src="/thumbs/g.jpg"></a>"""
+    assert urls(html) == ["https://photos.example/photos/g.jpg"]
+
+
+def test_art_direction_crops_give_way_to_the_imgs_own_file():
+    crops = """<picture>
+      <source media="(max-width: 600px)" srcset="https://img.example/c_fill,w_1200,h_1200/hero.jpg 1200w">
+      <source media="(min-width: 1600px)" srcset="https://img.example/c_crop,w_2400,h_800/hero.jpg 2400w">
+      <img src="https://img.example/w_1600/hero.jpg"></picture>"""
+    assert urls(crops) == ["https://img.example/w_1600/hero.jpg"]
+    # Other files for other screens, or formats of the same picture: the largest, as before.
+    others = crops.replace("/hero.jpg 1200w", "/hero-square.jpg 1200w")
+    assert urls(others) == ["https://img.example/c_crop,w_2400,h_800/hero.jpg"]
+    formats = """<picture><source type="image/webp" srcset="/a-800.webp 800w, /a-1600.webp 1600w">
+      <img src="/a-800.jpg" srcset="/a-800.jpg 800w"></picture>"""
+    assert urls(formats) == ["https://photos.example/a-1600.webp"]

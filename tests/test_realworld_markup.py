@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from parsel import Selector
 
-from imgcrawl import extract
+from imgcrawl import extract, links
 
 REALWORLD = Path(__file__).resolve().parent / "fixtures" / "realworld"
 PAGE = "https://site.example/demo/page.html"
@@ -67,10 +67,12 @@ def test_lazysizes_data_src_data_srcset_and_lazy_picture():
     assert not any(u.endswith("w=100") for u in urls)
     # data-srcset: the 1024w candidate of the Jellyfish image.
     assert "https://images.unsplash.com/photo-1523264629844-40dd6bf17c2b?ixlib=rb-1.2.1&auto=format&fit=crop&w=1024&q=60" in urls
-    # <picture> with lazy <source data-srcset>: the 1200w art-direction source, once.
+    # <picture> with art direction: its <source media> are crops of the <img>'s own file
+    # (focal-point and 2:1 crops), so the <img>'s own URL is the picture, once. (Its data-src
+    # carries a stray " 1130w", which a browser sends as %201130w.)
     pictures = [u for u in urls if "photo-1501785888041" in u]
     assert pictures == ["https://images.unsplash.com/photo-1501785888041-af3ef285b470?ixlib=rb-1.2.1"
-                        "&ixid=eyJhcHBfaWQiOjEyMDd9&auto=format&fit=crop&w=1200&q=80&ar=2:1"]
+                        "&ixid=eyJhcHBfaWQiOjEyMDd9&auto=format&fit=crop&w=1130&q=80&ar=1.5:1%201130w"]
     # Flickr data-srcset: the _b (768w) file, not _n/_z.
     assert "https://farm1.staticflickr.com/192/504251019_ffc94c77b5_b.jpg" in urls
     assert "https://i.picsum.photos/id/1031/1440/1080.jpg" in urls
@@ -90,7 +92,24 @@ def test_vanilla_lazyload_css_backgrounds():
     ]
 
 
-@pytest.mark.parametrize("name", ["01", "02", "03", "05", "06", "07", "08"])
+def test_photoswipe_video_slides_are_neither_images_nor_pages():
+    # The video plugin's demo: three video slides (two link their .mp4, one a page), then photos.
+    html = next(REALWORLD.glob("09_*.html")).read_text()
+    sel = Selector(text=html)
+    assert [c.url for c in extract.image_candidates(sel, PAGE)] == [
+        f"https://cdn.photoswipe.com/photoswipe-demo-images/photos/{i}/img-2500.jpg" for i in (1, 2, 3)
+    ]  # no .mp4, no video page, no poster thumbnail
+    assert links.detail_links(sel, PAGE) == []  # the .mp4 files are not followed as pages
+
+
+def test_lightgallery_video_slides_are_not_images():
+    # YouTube, Vimeo and Wistia slides keep their video's URL in data-src; the HTML5 slide
+    # keeps its .mp4 in data-video. Their thumbnails are posters.
+    urls = found("10")
+    assert len(urls) == 4 and all(u.startswith("https://images.unsplash.com/photo-") and "w=1600" in u for u in urls)
+
+
+@pytest.mark.parametrize("name", ["01", "02", "03", "05", "06", "07", "08", "09", "10"])
 def test_every_real_fixture_keeps_its_provenance_comment(name):
     html = next(REALWORLD.glob(f"{name}_*.html")).read_text()
     assert f"realmarkup {name}:" in html[:600]

@@ -14,6 +14,7 @@ is ``-a profile=path/to/site.toml``. Every key is optional and documented in
     next_page = "a.next"                  # followed as well as the generic pagination rules
     detail_page = "a.photo-link"          # followed as well as the generic detail-page rules
     replace = ["next_page"]               # these keys replace the built-in rules instead
+    render = "browser"                    # static (default), browser or auto: docs/render.md
     rewrite = [["_thumb\\.", "_full."], ["\\?w=\\d+$", ""]]          # regex, replacement
     include = ["/uploads/"]               # image URLs must match one of these (regex) ...
     exclude = ["/avatars/", "\\.svg$"]    # ... and none of these
@@ -36,10 +37,10 @@ from typing import Any
 
 from parsel import Selector
 
-from imgcrawl import links
+from imgcrawl import links, render
 
 _LIST_KEYS = ("domains", "start_urls", "image_attrs", "include", "exclude", "replace")
-_TEXT_KEYS = ("name", "description", "items", "next_page", "detail_page")
+_TEXT_KEYS = ("name", "description", "items", "next_page", "detail_page", "render")
 KNOWN_KEYS = frozenset(_LIST_KEYS + _TEXT_KEYS + ("rewrite", "settings"))
 # Keys that add to imgcrawl's built-in rules, unless ``replace`` names them.
 REPLACEABLE = ("image_attrs", "next_page", "detail_page")
@@ -64,6 +65,7 @@ class SiteProfile:
     exclude: tuple[re.Pattern, ...] = ()
     replace: frozenset[str] = frozenset()  # of REPLACEABLE: these replace the built-in rules
     settings: dict[str, Any] = field(default_factory=dict)
+    render: str | None = None  # how its pages are read (imgcrawl.render); -a render= wins
 
     def image_url(self, url: str) -> str | None:
         """``url`` rewritten by the rules, or None when include/exclude rule it out."""
@@ -131,6 +133,10 @@ def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteP
     if unknown:
         raise ProfileError(f"profile {source}: replace: {unknown[0]!r} has no built-in rules to replace; "
                            f"it may name {', '.join(REPLACEABLE)}")
+    try:
+        mode = render.parse_mode(data["render"]) if "render" in data else None
+    except ValueError as exc:
+        raise ProfileError(f"profile {source}: {exc}") from None
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise ProfileError(f"profile {source}: [settings] must be a table of Scrapy settings")
@@ -148,6 +154,7 @@ def parse_profile(data: dict[str, Any], default_name: str, source: str) -> SiteP
         exclude=tuple(_regex(p, f"profile {source}: exclude") for p in data.get("exclude", ())),
         replace=frozenset(data.get("replace", ())),
         settings=dict(settings),
+        render=mode,
     )
 
 

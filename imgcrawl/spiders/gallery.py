@@ -20,6 +20,7 @@ from scrapy.http import Response, TextResponse
 from twisted.python.failure import Failure
 
 from imgcrawl import distributed, extract, links
+from imgcrawl import render as rendering
 from imgcrawl.arguments import init_parameters, missing_url, parse_arguments
 from imgcrawl.failures import report_failure
 from imgcrawl.items import GalleryItem
@@ -90,6 +91,7 @@ class GallerySpider(scrapy.Spider):
         max_images: str | int | None = None,
         site: str | None = None,
         profile: str | None = None,
+        render: str | None = None,
         *args: Any,
         **kwargs: Any,
     ):
@@ -103,6 +105,12 @@ class GallerySpider(scrapy.Spider):
         self.argument_error = parsed.error
         self.profile, self.start_urls, self.url_missing = parsed.profile, parsed.start_urls, parsed.url_missing
         self.max_images = parsed.max_images
+        self.render = rendering.STATIC  # how pages are read: -a render=, else the profile's
+        if not self.argument_error:
+            try:
+                self.render = rendering.parse_mode(render, (self.profile and self.profile.render) or rendering.STATIC)
+            except ValueError as exc:
+                self.argument_error = str(exc)
         self.images_queued = 0
         self.pages = PageBudget(parsed.max_pages)
         # Stay inside the start URLs' sites and the site's own domains (images on CDNs are
@@ -121,6 +129,9 @@ class GallerySpider(scrapy.Spider):
             # Settings freeze only after the spider is built, so the profile's per-site
             # settings still apply; -s on the command line (higher priority) wins.
             crawler.settings.setdict(spider.profile.settings, priority="spider")
+        if spider.render != rendering.STATIC and not spider.argument_error:
+            # Before the crawl starts: the reactor is installed from these settings next.
+            spider.argument_error = rendering.enable_browser(crawler.settings)
         spider.detail_depth = crawler.settings.getint("IMGCRAWL_DETAIL_DEPTH", 3)
         crawler.signals.connect(spider.pages.scheduled, signal=signals.request_scheduled)
         crawler.signals.connect(spider.pages.dropped, signal=signals.request_dropped)
@@ -191,7 +202,22 @@ class GallerySpider(scrapy.Spider):
         JOBDIR persists and a distributed crawl shares)."""
         if self.enough_images() or self.pages.full():
             return None
+        if self.render == rendering.BROWSER:
+            kwargs["meta"] = {**kwargs.get("meta", {}), "playwright": True}
         return self.pages.mark(scrapy.Request(url, callback=self.parse, errback=self.page_failed, **kwargs))
+
+    def script_built_page(self, response: TextResponse) -> Iterable[scrapy.Request]:
+        """A page with no image whose scripts look like they build it: rendered once more
+        with ``render=auto``, else one line (the first time) and a stat the summary reports."""
+        if self.render == rendering.AUTO:
+            meta = {"detail_hops": response.meta.get("detail_hops", 0), "playwright": True}
+            yield scrapy.Request(response.url, callback=self.parse, errback=self.page_failed,
+                                 dont_filter=True, priority=1, meta=meta)
+            return
+        if not self.crawler.stats.get_value(rendering.HINT_STAT):
+            logger.warning("imgcrawl: %s has no image in its HTML, but scripts that look like they "
+                           "build the page: crawl it with -a render=browser", response.url)
+        self.crawler.stats.inc_value(rendering.HINT_STAT)
 
     def page_failed(self, failure: Failure) -> None:
         """One WARNING line with the reason and a stat, instead of Scrapy's ERROR + traceback."""
@@ -201,7 +227,10 @@ class GallerySpider(scrapy.Spider):
         if not isinstance(response, TextResponse):
             return
         seen: set[str] = set()
-        for position, candidate in enumerate(self.image_candidates(response)):
+        candidates = list(self.image_candidates(response))
+        if not candidates and not response.meta.get("playwright") and rendering.looks_script_built(response.selector):
+            yield from self.script_built_page(response)
+        for position, candidate in enumerate(candidates):
             if self.enough_images():
                 break
             url = self.rewrite(candidate.url)
