@@ -7,6 +7,10 @@ is not available here, so the server does it. It counts connections and requests
 Run as its own process: ``python benchmarks/server.py CORPUS_DIR --images N --latency 30
 --connect 60``; it prints ``READY <port>`` once listening on 127.0.0.1. ``GET /__stats``
 (not delayed, not counted) returns the counts; ``POST /__reset`` zeroes them.
+
+Images carry an ``ETag`` (from their sha256) and a ``Last-Modified``, and a request whose
+``If-None-Match`` (or, without one, ``If-Modified-Since``) matches gets a 304 with no body:
+``image_bytes`` counts the image bytes sent, ``not_modified`` the 304s (a re-crawl's cost).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from aiohttp import web
 
 PER_PAGE = 40
 PAGE_WINDOW = 5  # page-number links either side of the current page
+LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"  # every image's: the corpus does not change
 
 
 def image_path(n: int, entry: dict) -> str:
@@ -65,6 +70,8 @@ class BenchSite:
 
     def reset(self) -> None:
         self.requests = 0
+        self.image_bytes = 0
+        self.not_modified = 0
         self.connections = 0
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -119,7 +126,14 @@ class BenchSite:
         if not 0 <= n < self.images:
             raise web.HTTPNotFound()
         entry, body = self.entry(n)
-        return web.Response(body=body, content_type=entry["type"])
+        headers = {"ETag": f'"{entry["sha256"][:24]}"', "Last-Modified": LAST_MODIFIED}
+        if_none_match = request.headers.get("If-None-Match")
+        if (headers["ETag"] in [tag.strip() for tag in if_none_match.split(",")] if if_none_match
+                else request.headers.get("If-Modified-Since") == LAST_MODIFIED):
+            self.not_modified += 1
+            return web.Response(status=304, headers=headers)
+        self.image_bytes += len(body)
+        return web.Response(body=body, content_type=entry["type"], headers=headers)
 
     async def urls_list(self, request: web.Request) -> web.Response:
         return web.Response(text="\n".join(self.urls(f"http://{request.host}")) + "\n")
@@ -132,6 +146,7 @@ class BenchSite:
         } if waits else {}
         return web.json_response({
             "requests": self.requests, "connections": self.connections,
+            "image_bytes": self.image_bytes, "not_modified": self.not_modified,
             "peak_in_flight": self.peak_in_flight, **turnaround,
         })
 

@@ -157,6 +157,18 @@ class DecompressedTooLarge(Failed, IgnoreRequest):
         return type(self), (self.max_size, self.compressed)
 
 
+class BodyWithoutRoom(Failed):
+    """A 204 or 304 response followed by body bytes, which it may not have (reason
+    ``bad-204`` / ``bad-304``): a server not to be trusted about that resource."""
+
+    def __init__(self, status: int, extra: int):
+        super().__init__(f"bad-{status}", f"{status} response followed by {extra} bytes of body, which it may not have")
+        self.status, self.extra = status, extra
+
+    def __reduce__(self):
+        return type(self), (self.status, self.extra)
+
+
 class HeadBoundParser(_LenientHTTPClientParser):
     """Scrapy's lenient response parser, counting the bytes of the status line and headers.
 
@@ -164,6 +176,7 @@ class HeadBoundParser(_LenientHTTPClientParser):
     are: a server that never ends its headers grows them in memory until the download
     timeout. Past ``max_head`` bytes this raises, and Twisted's protocol then drops the
     connection and fails the request with a ``ResponseFailed`` carrying the exception.
+    So does a 204 or 304 that brings a body along (:class:`BodyWithoutRoom`).
     """
 
     max_head = 0  # 0: no limit
@@ -175,6 +188,15 @@ class HeadBoundParser(_LenientHTTPClientParser):
         if 0 < self.max_head < self.head_bytes:
             raise ResponseHeadTooLarge(self.max_head)
         super().lineReceived(line)
+
+    def _finished(self, rest: bytes) -> None:
+        # Twisted ends a 204/304 response at its head and drops the bytes that came with it
+        # (``rest``): a body there would otherwise pass unnoticed, or be read as the start
+        # of the next response on the connection. Raised here, the connection is dropped
+        # and the request fails as for ResponseHeadTooLarge.
+        if rest and self.response.code in self.NO_BODY_CODES and self.request.method != b"HEAD":
+            raise BodyWithoutRoom(self.response.code, len(rest))
+        super()._finished(rest)
 
 
 class HeadBoundProtocol(SendNowProtocol):

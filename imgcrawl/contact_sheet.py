@@ -41,6 +41,7 @@ def record_for(item: dict) -> dict:
         "h": item.get("height"),
         "f": item.get("format"),
         "b": item.get("bytes"),
+        "n": item.get("near_duplicate_of"),  # marked on its tile
     }
 
 
@@ -77,11 +78,12 @@ def write(records: Iterable[dict], path: str | os.PathLike, title: str, scope: s
     path = Path(path)
     if iter(records) is records:  # a one-shot iterator cannot be read twice: hold it
         records = list(records)
-    stored = failed = 0
+    stored = failed = near = 0
     listed: list[dict] = []
     for record in records:
         if record["s"] != "failed":
             stored += 1
+            near += bool(record.get("n"))
             continue
         failed += 1
         if len(listed) < MAX_FAILURES_LISTED:
@@ -89,7 +91,7 @@ def write(records: Iterable[dict], path: str | os.PathLike, title: str, scope: s
     head, tail = TEMPLATE.split("{{data}}")
     head = (
         head.replace("{{title}}", html.escape(title))
-        .replace("{{count}}", f"{stored} images")
+        .replace("{{count}}", f"{stored} images" + (f", {near} near-duplicates (marked \u2248)" if near else ""))
         .replace("{{scope}}", html.escape(scope))
         .replace("{{failures}}", _failures_block(listed, failed))
     )
@@ -131,6 +133,8 @@ h2{font-size:13px;font-weight:normal;margin:16px 0 6px;color:#555;word-break:bre
 .grid span{position:absolute;left:0;right:0;bottom:0;background:rgba(0,0,0,.7);color:#fff;font-size:12px;padding:2px 4px;display:none}
 .grid a:hover span,.grid a:focus span{display:block}
 .grid a:not([href]){cursor:zoom-in}
+.grid a.near{outline:3px dashed #d60;outline-offset:-3px}
+.grid a.near::before{content:"\\2248";position:absolute;top:2px;left:4px;color:#d60;font-size:20px;font-weight:bold}
 #viewer{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;flex-direction:column;align-items:center;justify-content:center;z-index:2;cursor:zoom-out}
 #viewer[hidden]{display:none}
 #viewer img{max-width:95vw;max-height:88vh;background:#fff}
@@ -202,7 +206,8 @@ function show() {
       a.onkeydown = (e) => { if (e.key === "Enter") view(im); };
     }
     const info = (im.w ? im.w + "\\u00d7" + im.h + " " : "") + (im.f || "") + (im.b ? ", " + kb(im.b) : "");
-    a.title = info + (im.a ? "\\n" + im.a : "") + "\\n" + im.u;
+    a.title = info + (im.a ? "\\n" + im.a : "") + "\\n" + im.u + (im.n ? "\\nnear-duplicate of " + im.n : "");
+    if (im.n) a.classList.add("near");
     const img = document.createElement("img");
     img.loading = "lazy";
     img.decoding = "async";

@@ -146,7 +146,11 @@ class Progress:
         adapter = ItemAdapter(item)
         status = adapter.get("status")
         counts = self.counts
-        if status in STORED:
+        if adapter.get("near_duplicate_of"):
+            counts.near_duplicates += 1
+        if status == "skipped":  # a near-duplicate not stored (IMGCRAWL_SKIP_NEAR_DUPLICATES)
+            counts.near_skipped += 1
+        elif status in STORED:
             counts.stored += 1
             counts.bytes += adapter.get("bytes") or 0
         elif status in SKIPPED:
@@ -218,6 +222,7 @@ class Progress:
         lines += [
             f"  failed ({why}): {count}, e.g. {url}" for why, (count, url) in sorted(counts.failures.items())
         ]
+        lines += self.recrawl_lines()
         hinted = self.stats.get_value(render.HINT_STAT, 0)
         if hinted:
             lines.append(f"  {hinted} page{'s' if hinted > 1 else ''} had no image in their HTML but scripts "
@@ -232,6 +237,19 @@ class Progress:
         if status != exitstatus.OK:
             lines.append(f"  exit status {status}: {exitstatus.MEANINGS[status]}")
         return "\n".join(lines)
+
+
+    def recrawl_lines(self) -> list[str]:
+        """What conditional requests saved and the near-duplicates found, when there were any."""
+        lines, counts = [], self.counts
+        not_modified = self.stats.get_value("imgcrawl/not_modified", 0)
+        if not_modified:
+            saved = self.stats.get_value("imgcrawl/not_modified_bytes", 0)
+            lines.append(f"  not modified (304): {not_modified} images, {saved / MB:.1f} MB not downloaded again")
+        if counts.near_duplicates:
+            lines.append(f"  near-duplicates: {counts.near_duplicates}" + (
+                f" ({counts.near_skipped} not stored: IMGCRAWL_SKIP_NEAR_DUPLICATES)" if counts.near_skipped else ""))
+        return lines
 
 
 class ContactSheet:

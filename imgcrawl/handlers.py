@@ -9,7 +9,7 @@ that the connection sits idle for.
 What a server sends is bounded: the body by ``DOWNLOAD_MAXSIZE`` (Scrapy's handler, while
 streaming), the status line and headers by ``IMGCRAWL_MAX_HEADER_BYTES`` (Twisted bounds each
 header line, not their number), (a compressed body once decompressed:
-:mod:`imgcrawl.inflight`).
+:mod:`imgcrawl.inflight`). A 204 or 304 response with a body fails (``bad-304``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
 from scrapy.exceptions import DownloadFailedError
 
 from imgcrawl import compat
+from imgcrawl.failures import Failed
 
 # Browsers accept up to a few hundred KiB of response headers; image servers and CDNs send
 # a few KiB. Past this the response is refused (too-large) instead of grown until the timeout.
@@ -39,7 +40,7 @@ class HTTPDownloadHandler(HTTP11DownloadHandler):
         except DownloadFailedError as exc:
             # Scrapy wraps Twisted's ResponseFailed, whose reasons hold what the parser raised.
             reasons = getattr(exc.__cause__, "reasons", None) or ()
-            head = next((r.value for r in reasons if isinstance(r.value, compat.ResponseHeadTooLarge)), None)
-            if head is None:
+            refused = next((r.value for r in reasons if isinstance(r.value, Failed)), None)
+            if refused is None:
                 raise
-            raise head from None
+            raise refused from None

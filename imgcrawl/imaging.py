@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgcrawl import phash
 from imgcrawl.failures import Failed
 
 # Pillow format name -> file extension for the stored original.
@@ -69,6 +70,7 @@ class ImageFacts:
     sha256: str
     frames: int = 1
     thumbs: dict[str, list[int]] = field(default_factory=dict)
+    phash: str | None = None  # hex; None for SVG (no raster)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -201,6 +203,10 @@ def make_thumbnails(
     return thumbs
 
 
+# An image with no thumbnail made from it is hashed from a copy this small (a JPEG decoded
+# at a DCT scale near it): the hash looks at 32x32 grey pixels.
+HASH_SOURCE = (64, 64)
+
 # A JPEG this small that already fits the box is its own thumbnail (see is_own_thumbnail).
 OWN_THUMBNAIL_MAX_BYTES = 64 * 1024
 
@@ -320,12 +326,14 @@ def process_image(
         if thumbs and not is_own_thumbnail(image, len(data), boxes):
             made = make_thumbnails(image, {name: size for name, (size, _) in thumbs.items()})
             encoded = {name: (encode_jpeg(thumb), thumb.size) for name, thumb in made.items()}
+            # The perceptual hash from the biggest thumbnail: no second decode.
+            hashed = max(made.values(), key=lambda thumb: thumb.width * thumb.height)
         else:
-            # Still decode (cheaply) to prove the file is a whole image before keeping it.
-            if image.format == "JPEG":
-                image.draft("RGB", (1, 1))
-            image.load()
+            # Still decode (cheaply, small) to prove the file is a whole image before keeping
+            # it; that small copy is what gets hashed.
+            hashed = make_thumbnails(image, {"hash": HASH_SOURCE})["hash"]
             encoded = {name: (data, (width, height)) for name in thumbs}
+        facts.phash = phash.to_hex(phash.phash(hashed))
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams raise many types

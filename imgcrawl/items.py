@@ -12,11 +12,12 @@ class GalleryItem(scrapy.Item):
     position = scrapy.Field()  # its place among the page's images (0 first), as found there
     alt = scrapy.Field()
     title = scrapy.Field()
+    page_title = scrapy.Field()  # the page's <title> (for IMGCRAWL_FILE_NAME)
     # Set by the pipeline (see pipelines.RESULT_FIELDS).
     images = scrapy.Field()  # Scrapy's result list: one dict per URL
     url = scrapy.Field()
-    status = scrapy.Field()  # downloaded | uptodate | cached | failed
-    reason = scrapy.Field()  # why it failed, e.g. http-404, not-an-image, timeout
+    status = scrapy.Field()  # downloaded | uptodate | cached | skipped | failed
+    reason = scrapy.Field()  # why it failed (http-404, not-an-image, timeout) or was skipped (near-duplicate)
     path = scrapy.Field()  # the original, relative to IMAGES_STORE
     sha256 = scrapy.Field()  # of the original bytes as the server sent them
     format = scrapy.Field()
@@ -24,3 +25,5 @@ class GalleryItem(scrapy.Item):
     height = scrapy.Field()
     bytes = scrapy.Field()
     thumbs = scrapy.Field()  # {name: path}
+    phash = scrapy.Field()  # 64-bit perceptual hash, hex
+    near_duplicate_of = scrapy.Field()  # the URL of the earlier image this one resembles

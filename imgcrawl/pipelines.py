@@ -36,7 +36,7 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import DeferredSemaphore
 from twisted.python.failure import Failure
 
-from imgcrawl import compat, imaging
+from imgcrawl import compat, conditional, imaging, naming
 from imgcrawl.failures import STORE_FAILURES, Failed, StoreFailures, failure_reason, report_failure, store_failure
 from imgcrawl.inflight import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes, holding, release
 from imgcrawl.index import RedisIndex, SQLiteIndex
@@ -148,7 +148,34 @@ def image_results(urls: list[str], results: list) -> list[dict]:
 
 
 # The per-image fields copied onto the item, so the manifest has one flat line per image.
-RESULT_FIELDS = ("url", "status", "reason", "path", "sha256", "format", "width", "height", "bytes", "thumbs")
+RESULT_FIELDS = (
+    "url", "status", "reason", "path", "sha256", "format", "width", "height", "bytes", "thumbs",
+    "phash", "near_duplicate_of",
+)
+# request.meta key: the stored record a conditional request asks about.
+REVALIDATING = "imgcrawl_revalidating"
+
+
+def file_name_template(value: Any) -> str | None:
+    """``IMGCRAWL_FILE_NAME``, checked; None (empty) keeps ``full/<sha1 of url>.<ext>``."""
+    if not value:
+        return None
+    try:
+        return naming.check_template(str(value))
+    except naming.TemplateError as exc:
+        raise BadSetting(str(exc)) from None
+
+
+def near_distance(value: Any) -> int | None:
+    """``IMGCRAWL_NEAR_DUPLICATE_DISTANCE``: bits (0-63), or -1 to not look for near-duplicates."""
+    try:
+        distance = int(value)
+    except (TypeError, ValueError):
+        distance = -2
+    if not -1 <= distance < 64:
+        raise BadSetting(f"IMGCRAWL_NEAR_DUPLICATE_DISTANCE={value!r}: bits 0 to 63, or -1 for none; "
+                         "e.g. -s IMGCRAWL_NEAR_DUPLICATE_DISTANCE=10")
+    return None if distance < 0 else distance
 
 
 class GalleryImagesPipeline(ImagesPipeline):
@@ -177,15 +204,23 @@ class GalleryImagesPipeline(ImagesPipeline):
         # Scrapy's own reading of IMAGES_THUMBS (and IMAGES_MIN_*, IMAGES_EXPIRES), which
         # honours the per-pipeline names; -s and scrapyd give JSON strings.
         self.thumbs = parse_thumbs(self.thumbs)
+        self.file_names = file_name_template(settings.get("IMGCRAWL_FILE_NAME"))
+        if self.file_names and not isinstance(self.store, LocalStore):
+            # Such a name is given once the worker has decoded the image, by renaming the
+            # files it wrote: a bucket has no rename.
+            raise BadSetting(f"IMGCRAWL_FILE_NAME needs IMAGES_STORE to be a local directory, not {store_uri}")
         try:
             self.store.configure(settings, thumbs_signature(self.thumbs))
         except ImportError:
             raise BadSetting(f"IMAGES_STORE={store_uri}: an S3 store needs botocore: pip install 'imgcrawl[s3]'") from None
         except ValueError as exc:
             raise BadSetting(str(exc)) from None
+        self.skip_near_duplicates = settings.getbool("IMGCRAWL_SKIP_NEAR_DUPLICATES")
         self.storage = ImageStorage(
             self.store, self.thumbs, settings.getint("IMGCRAWL_MAX_PIXELS", imaging.DEFAULT_MAX_PIXELS),
-            max_age=self.expires * 86400, min_size=(self.min_width, self.min_height),
+            max_age=self.expires * 86400, min_size=(self.min_width, self.min_height), file_names=self.file_names,
+            near_distance=near_distance(settings.get("IMGCRAWL_NEAR_DUPLICATE_DISTANCE", -1)),
+            skip_near=self.skip_near_duplicates,
         )
         self.worker_count = settings.getint("IMGCRAWL_WORKERS", 0) or os.cpu_count() or 2
         self.worker_pool = worker_pool(settings.get("IMGCRAWL_WORKER_POOL", "process"))
@@ -271,7 +306,8 @@ class GalleryImagesPipeline(ImagesPipeline):
             # between the file's rename and the index commit): the path file_path gives
             # without the bytes (under each extension it could give them).
             found = await self.storage.lookup(
-                request.url, self._thumb_paths(request, item=item), self.file_path(request, info=info, item=item)
+                request.url, self._thumb_paths(request, item=item),
+                None if self.file_names else self.file_path(request, info=info, item=item),
             )
         except Failed:
             # Scrapy sends only download failures to media_failed; this one is ours to report.
@@ -282,6 +318,12 @@ class GalleryImagesPipeline(ImagesPipeline):
             await self.inflight_bytes.share(request, item).room()
             return None
         record, how = found
+        if how == "revalidate":
+            # Due again: fetched only if it changed (a 304 otherwise, see _not_modified).
+            request.headers.update(conditional.request_headers(record))
+            request.meta[REVALIDATING] = record
+            await self.inflight_bytes.share(request, item).room()
+            return None
         if how != "uptodate":
             self.crawler.stats.inc_value(f"imgcrawl/{how}")  # rethumbed, adopted
         self.inc_stats("uptodate")
@@ -292,6 +334,8 @@ class GalleryImagesPipeline(ImagesPipeline):
             return await self._store_downloaded(response, request, info, item)
 
     async def _store_downloaded(self, response, request, info, item):
+        if response.status == 304:
+            return await self._not_modified(response, request)
         if response.status != 200:
             raise Failed(f"http-{response.status}")
         if not response.body:
@@ -301,19 +345,51 @@ class GalleryImagesPipeline(ImagesPipeline):
         self.quotas.admit(size)
         try:
             thumb_paths = self._thumb_paths(request, response, info, item)
-            record, duplicate = await self.storage.store(request.url, response.body, path, thumb_paths)
+            record, how = await self.storage.store(
+                request.url, response.body, path, thumb_paths, validators=conditional.validators(response.headers),
+                fields=self.name_fields(request, response, item) if self.file_names else None,
+            )
         except BaseException:
             self.quotas.release(size)
             raise
+        stats = self.crawler.stats
+        if record.get("near_duplicate_of"):
+            stats.inc_value("imgcrawl/near_duplicates")
+        if how == "near-duplicate":
+            # IMGCRAWL_SKIP_NEAR_DUPLICATES: not stored; its record names the earlier image's files.
+            self.quotas.release(size)
+            self.inc_stats("skipped")
+            return {**record, "status": "skipped", "reason": "near-duplicate"}
         status = "cached" if "cached" in response.flags else "downloaded"
         self.inc_stats(status)
-        stats = self.crawler.stats
         stats.inc_value("imgcrawl/stored")
         stats.inc_value("imgcrawl/stored_bytes", record["bytes"])
-        if duplicate:
+        if how == "duplicate":
             stats.inc_value("imgcrawl/duplicate_content")
         self.quotas.record_stored()
         return {**record, "status": status}
+
+    async def _not_modified(self, response, request):
+        """A 304: the stored image is still the server's, nothing was downloaded."""
+        record = request.meta.get(REVALIDATING)
+        conditional.check_not_modified(record is not None and conditional.is_conditional(request.headers),
+                                       response.body)
+        record = await self.storage.refresh(request.url, record, conditional.validators(response.headers))
+        stats = self.crawler.stats
+        stats.inc_value("imgcrawl/not_modified")
+        stats.inc_value("imgcrawl/not_modified_bytes", record["bytes"])  # what it did not download again
+        self.inc_stats("uptodate")
+        return {**record, "status": "uptodate"}
+
+    def name_fields(self, request, response, item) -> dict:
+        """The fields IMGCRAWL_FILE_NAME may use that the page and the response give (the
+        image's own facts are added once it is decoded). A hook: override to add or change."""
+        adapter = ItemAdapter(item) if item is not None else {}
+        last_modified = response.headers.get(b"Last-Modified")
+        return naming.page_fields(
+            request.url, adapter.get("page_url"), adapter.get("page_title"), adapter.get("position"),
+            adapter.get("alt") or adapter.get("title"), last_modified.decode("latin-1") if last_modified else None,
+        )
 
     def media_failed(self, failure, request, info):
         release(request)

@@ -23,10 +23,12 @@ class Counts:
     failed: int = 0
     bytes: int = 0  # of the images stored
     failures: dict[str, list] = field(default_factory=dict)  # reason -> [count, first URL]; bounded by reasons
+    near_duplicates: int = 0  # images resembling an earlier one (near_duplicate_of)
+    near_skipped: int = 0  # of those, not stored (IMGCRAWL_SKIP_NEAR_DUPLICATES)
 
     @property
     def done(self) -> int:
-        return self.stored + self.skipped + self.failed
+        return self.stored + self.skipped + self.failed + self.near_skipped
 
 
 class Rates:

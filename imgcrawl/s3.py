@@ -333,6 +333,7 @@ class S3Objects:
             "sha256": facts["sha256"], "format": facts["format"],
             "width": str(facts["width"]), "height": str(facts["height"]),
             "thumbs": json.dumps(sorted(facts["thumbs"])), "thumbs-signature": _digest(self.signature),
+            "phash": facts.get("phash") or "",  # none for an SVG
         }
 
     # Used on the index thread (``paths`` relative to the store), as StoredImages uses
@@ -369,6 +370,7 @@ class S3Objects:
             return {
                 "sha256": meta["sha256"], "format": meta["format"], "width": int(meta["width"]),
                 "height": int(meta["height"]), "bytes": head["ContentLength"], "thumbs": json.loads(meta["thumbs"]),
+                "phash": meta["phash"] or None,
             }
         except (KeyError, ValueError):
             return None  # not written by imgcrawl, or by another version: read it instead

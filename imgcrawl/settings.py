@@ -136,8 +136,20 @@ IMAGES_MIN_WIDTH = 0
 IMAGES_MIN_HEIGHT = 0
 # One small thumbnail by default; JSON strings work too: -s IMAGES_THUMBS='{"small": [256, 256]}'
 IMAGES_THUMBS = {"small": (256, 256)}
-# Re-download an image only after 90 days (Scrapy's default) or when it is missing.
+# Re-download an image only after 90 days (Scrapy's default) or when it is missing. Once due,
+# an image whose server sent an ETag or Last-Modified is asked for only if it changed (a 304
+# costs no body); IMAGES_EXPIRES=0 makes every stored image due now.
 IMAGES_EXPIRES = 90
+# Originals are full/<sha1 of url>.<ext>; a template names them instead, e.g.
+# -s IMGCRAWL_FILE_NAME='{host}/{page_title}/{index:03}-{name}.{ext}' (fields: docs/recrawl.md).
+IMGCRAWL_FILE_NAME = ""
+# Perceptual hashes this many bits apart (of 64) or fewer mark a near-duplicate
+# (near_duplicate_of); chosen from measured variants vs distinct photos (docs/recrawl.md).
+# -1 looks for none.
+IMGCRAWL_NEAR_DUPLICATE_DISTANCE = 10
+# A near-duplicate is stored like any image unless this is True: then it is not stored, and
+# its manifest line (status "skipped") names the earlier image's files.
+IMGCRAWL_SKIP_NEAR_DUPLICATES = False
 # The manifest next to the images: one JSON line per image URL, its latest state, in page
 # order. Each crawl writes its lines to a journal of its own (crawls/pending/) as images are
 # stored and merges it into manifest.jsonl when it ends (docs/manifest.md).
@@ -159,7 +171,7 @@ FEED_STORE_EMPTY = False
 # The manifest's columns (CSV via -o images.csv gets the same ones).
 FEED_EXPORT_FIELDS = [
     "url", "page_url", "position", "alt", "title", "status", "reason", "path", "sha256",
-    "format", "width", "height", "bytes", "thumbs",
+    "format", "width", "height", "bytes", "thumbs", "phash", "near_duplicate_of",
 ]
 # CSV's thumbs column as JSON ({"small": "thumbs/small/….jpg"}), not a Python repr.
 FEED_EXPORTERS = {"csv": "imgcrawl.manifest.ManifestCsvItemExporter"}

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import time
 from pathlib import Path
 
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from imgcrawl import imaging, s3
+from imgcrawl import imaging, naming, s3
 from imgcrawl.failures import Failed
-from imgcrawl.index import LocalFiles, RedisIndex, SQLiteIndex, StoredImages
+from imgcrawl.index import VALIDATORS, LocalFiles, RedisIndex, SQLiteIndex, StoredImages
 from imgcrawl.workerpool import BatchingThread, ProcessWorkers, Threads, ThreadWorkers
 
 # Longest file name most filesystems take (ext4, APFS, NTFS): longer fails on write.
-NAME_MAX = 255
+NAME_MAX = naming.NAME_MAX
+# Where images named by IMGCRAWL_FILE_NAME are written before their name is known (it may
+# use their facts); a crawl killed meanwhile leaves files here, cleared an hour later.
+STAGING = ".imgcrawl/staging"
+STAGING_MAX_AGE = 3600
+# Kept from an image's old record when its thumbnails are made again.
+CARRIED = (*VALIDATORS, "near_duplicate_of")
 
 
 class LocalStore:
@@ -153,12 +161,15 @@ class ImageStorage:
     calls) by one index thread. Every method returns an awaitable; none blocks the reactor."""
 
     def __init__(self, store: LocalStore | ObjectStore, thumbs: dict[str, tuple[int, int]], max_pixels: int,
-                 max_age: float, min_size: tuple[int, int] = (0, 0)):
+                 max_age: float, *, min_size: tuple[int, int] = (0, 0), file_names: str | None = None,
+                 near_distance: int | None = None, skip_near: bool = False):
         self.backend = store
         self.thumbs = thumbs
         self.max_pixels = max_pixels
         self.max_age = max_age
         self.min_size = min_size
+        self.file_names = file_names  # IMGCRAWL_FILE_NAME (a local store only); None: full/<sha1 of url>.<ext>
+        self.near = (near_distance, skip_near)
         self.signature = thumbs_signature(thumbs)
         self.index_thread = BatchingThread("imgcrawl-index")
         # A bucket's objects are checked (HEAD, LIST) on threads of their own, many at once;
@@ -169,7 +180,9 @@ class ImageStorage:
 
     def open(self, workers: ProcessWorkers | ThreadWorkers, index: SQLiteIndex | RedisIndex) -> None:
         self.workers = workers
-        self.stored = StoredImages(index, self.backend.files, self.signature, self.max_age)
+        self.stored = StoredImages(index, self.backend.files, self.signature, self.max_age, *self.near)
+        if self.file_names:
+            self.index_thread.call(self._clear_staging)
 
     async def probe(self) -> None:
         """Check the store can be used (a bucket: one request), on the index thread."""
@@ -197,9 +210,15 @@ class ImageStorage:
     def _run(self, job: str, *args):
         return maybe_deferred_to_future(self.workers.submit(job, *args))
 
+    def _process(self, body: bytes, path: str, thumb_paths: dict[str, str]):
+        """The worker job that checks a downloaded image and writes it and its thumbnails."""
+        return self._run("process_image", body, self.backend.locate(path), self._thumbs(thumb_paths),
+                         self.max_pixels, self.min_size, self.backend.writer)
+
     async def lookup(self, url: str, thumb_paths: dict[str, str], unrecorded: str | None = None) -> tuple[dict, str] | None:
         """``(record, how)`` for a fresh, complete stored image, None when it must be
-        downloaded. ``how``: "uptodate"; "rethumbed" when thumbnails made for other sizes
+        downloaded. ``how``: "uptodate"; "revalidate" when it is due again and is to be
+        fetched only if it changed (its record has the validators); "rethumbed" when thumbnails made for other sizes
         were made again from the stored original; "adopted" when the original was found with
         no record at the ``unrecorded`` path, under any extension an original may have (where
         a crawl killed before recording it wrote it), and is recorded now, its thumbnails
@@ -214,12 +233,15 @@ class ImageStorage:
         if found is None:
             return None
         state, record = found
-        if state == "uptodate":
-            return record, "uptodate"
+        if state in ("uptodate", "revalidate"):
+            return record, state
+        if self.file_names:
+            thumb_paths = self._named_thumbs(record["path"], thumb_paths)
         facts = record.get("facts")  # an original in a bucket says what it is, and that its thumbnails are there
         if state == "adopt" and facts and await self._on_files_thread(self.backend.files.present, thumb_paths.values()):
-            made = self._record(url, record["path"], thumb_paths, facts)
-            return await self._on_index_thread(self.stored.keep, made, record["stored_at"]), "adopted"
+            kept, _ = await self._on_index_thread(self.stored.keep, self._record(url, record["path"], thumb_paths, facts),
+                                                  record["stored_at"])
+            return kept, "adopted"
         # Else the thumbnails are made from the stored original, and its facts (sha256,
         # size) come from its own bytes, as after a download.
         try:
@@ -229,27 +251,90 @@ class ImageStorage:
             if state == "rethumb":
                 raise
             return None  # a leftover file we cannot take as is: download the image instead
-        made = self._record(url, record["path"], thumb_paths, facts)
+        made = self._record(url, record["path"], thumb_paths, facts, {k: record[k] for k in CARRIED if k in record})
         if state == "rethumb":
             await self._on_index_thread(self.stored.index.put, url, made)
             return made, "rethumbed"
-        return await self._on_index_thread(self.stored.keep, made, record["stored_at"]), "adopted"
+        kept, _ = await self._on_index_thread(self.stored.keep, made, record["stored_at"])
+        return kept, "adopted"
 
-    async def store(self, url: str, body: bytes, path: str, thumb_paths: dict[str, str]) -> tuple[dict, bool]:
-        """Check, store and record a downloaded image: ``(record, duplicate)``, where
-        ``duplicate`` means its bytes were already stored under another URL and are kept once."""
-        facts = await self._run("process_image", body, self.backend.locate(path), self._thumbs(thumb_paths),
-                                self.max_pixels, self.min_size, self.backend.writer)
-        record = self._record(url, path, thumb_paths, facts)
-        kept = await self._on_index_thread(self.stored.keep, record)
-        return kept, kept["path"] != record["path"]
+    async def store(self, url: str, body: bytes, path: str, thumb_paths: dict[str, str], *,
+                    validators: dict | None = None, fields: dict | None = None) -> tuple[dict, str]:
+        """Check, store and record a downloaded image: ``(record, how)``, ``how`` as
+        :meth:`StoredImages.keep` says. ``validators``: the response's ETag/Last-Modified;
+        ``fields``: what IMGCRAWL_FILE_NAME names it by (``path``/``thumb_paths`` then unused)."""
+        if self.file_names:
+            return await self._store_named(url, body, fields or {}, validators)
+        facts = await self._process(body, path, thumb_paths)
+        record = self._record(url, path, thumb_paths, facts, validators)
+        return await self._on_index_thread(self.stored.keep, record)
 
-    def _record(self, url: str, path: str, thumb_paths: dict[str, str], facts: dict) -> dict:
+    async def refresh(self, url: str, record: dict, validators: dict) -> dict:
+        """A stored image the server says is unchanged (304): fresh again for IMAGES_EXPIRES,
+        with any new validators it sent."""
+        fresh = {**record, **validators}
+        await self._on_index_thread(self.stored.index.put, url, fresh)
+        return fresh
+
+    def _record(self, url: str, path: str, thumb_paths: dict[str, str], facts: dict, extra: dict | None = None) -> dict:
         return {
             "url": url, "path": path, "checksum": facts["sha256"],
-            **{k: facts[k] for k in ("sha256", "format", "width", "height", "bytes")},
+            **{k: facts[k] for k in ("sha256", "format", "width", "height", "bytes", "phash")},
             "thumbs": {n: thumb_paths[n] for n in facts["thumbs"]}, "thumbs_signature": self.signature,
+            **(extra or {}),
         }
+
+    # -- IMGCRAWL_FILE_NAME ----------------------------------------------------------
+
+    def _named_thumbs(self, path: str, thumb_paths: dict[str, str]) -> dict[str, str]:
+        """The thumbnails of the original ``full/<name>``: ``thumbs/<size>/<name>.jpg``."""
+        return {n: naming.thumb_path(path.removeprefix("full/"), n) for n in thumb_paths}
+
+    async def _store_named(self, url: str, body: bytes, fields: dict, validators: dict | None) -> tuple[dict, str]:
+        # The name may use the image's facts, known once a worker has decoded it: it writes
+        # to staging names, and the index thread names the files (a rename each).
+        token = os.urandom(8).hex()
+        staged = f"{STAGING}/{token}.{imaging.file_extension(url, body)}"
+        staged_thumbs = {n: f"{STAGING}/{token}-{n}.jpg" for n in self.thumbs}
+        facts = await self._process(body, staged, staged_thumbs)
+        return await self._on_index_thread(self._place, url, facts, fields, validators, staged, staged_thumbs)
+
+    def _place(self, url, facts, fields, validators, staged, staged_thumbs) -> tuple[dict, str]:
+        """On the index thread: the name the template gives (told apart from other URLs'
+        names if need be, see :func:`naming.candidates`), the staged files moved there, the
+        image recorded."""
+        wanted = naming.render(self.file_names, {
+            **fields, **{k: facts[k] for k in ("sha256", "width", "height")},
+            "ext": imaging.extension_for(facts["format"]),
+        })
+        try:
+            name = next((c for c in naming.candidates(wanted, url) if self.stored.index.claim(naming.claim_key(c), url)), None)
+            if name is None:
+                raise Failed("name-taken", f"full/{wanted} and the names that tell it apart are other images'")
+            path = f"full/{name}"
+            thumb_paths = self._named_thumbs(path, facts["thumbs"])
+            root = self.backend.root
+            for temp, final in [(staged, path), *((staged_thumbs[n], thumb_paths[n]) for n in thumb_paths)]:
+                target = store_path(root, final)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(f"{root}/{temp}", target)
+        finally:
+            for temp in (staged, *staged_thumbs.values()):
+                (self.backend.root / temp).unlink(missing_ok=True)
+        return self.stored.keep(self._record(url, path, thumb_paths, facts, validators))
+
+    def _clear_staging(self) -> None:
+        """Remove what crawls killed mid-image left in staging (not what one running is using)."""
+        try:
+            entries = list(os.scandir(self.backend.root / STAGING))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if time.time() - entry.stat().st_mtime > STAGING_MAX_AGE:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
     def _inside(self, path: str) -> bool:
         try:

@@ -122,6 +122,9 @@ class ProcessWorkers:
         worker = _Worker(self)
         # The child finds imgcrawl where we did, also inside scrapyd's project egg.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # numpy (the perceptual hash: 8x32 matrix products) would start a BLAS thread per
+        # core in every worker, for work that one thread does in microseconds.
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         # The child inherits this thread's signal mask (Twisted resets only ignored signals
         # to their default): with the stop signals blocked, one sent to the process group
         # while the worker is still starting waits until the worker ignores it.

@@ -76,7 +76,8 @@ def test_server_delays_counts_and_pages(server, corpus):
     status, _, again = get(conn, "/gallery/page/2")
     assert status == 200 and again >= LATENCY / 1000
     counts = {k: v for k, v in stats(port).items() if not k.startswith("turnaround")}
-    assert counts == {"requests": 2, "connections": 1, "peak_in_flight": 1}  # keep-alive kept
+    assert counts == {"requests": 2, "connections": 1, "peak_in_flight": 1,  # keep-alive kept
+                      "image_bytes": 0, "not_modified": 0}
 
     # /img/<n> serves corpus file n % 20, byte for byte; unknown images are 404.
     time.sleep(0.2)  # a slow client: the server counts the wait as its turnaround
@@ -92,6 +93,25 @@ def test_server_delays_counts_and_pages(server, corpus):
     get(other, "/gallery/page/2")
     other.close()
     assert stats(port)["connections"] == 2 and stats(port)["requests"] == 5
+
+
+def test_server_answers_304_to_an_images_etag(server, corpus):
+    """The re-crawl figure (benchmarks/recrawl.py) needs validators and 304s, counted."""
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    path = f"/img/1.{load_corpus(corpus)[1]['file'].rsplit('.', 1)[1]}"
+    conn.request("GET", path)
+    first = conn.getresponse()
+    body, etag, last_modified = first.read(), first.getheader("ETag"), first.getheader("Last-Modified")
+    assert first.status == 200 and etag and last_modified
+    for conditions in ({"If-None-Match": etag}, {"If-Modified-Since": last_modified}):
+        conn.request("GET", path, headers=conditions)
+        again = conn.getresponse()
+        assert (again.status, again.read()) == (304, b"")
+    conn.request("GET", path, headers={"If-None-Match": '"other"', "If-Modified-Since": last_modified})
+    assert conn.getresponse().read() == body  # If-None-Match decides when both are sent
+    conn.close()
+    assert {k: stats(server)[k] for k in ("image_bytes", "not_modified")} == {
+        "image_bytes": 2 * len(body), "not_modified": 2}
 
 
 def test_tiny_run_verifies_every_contender(tmp_path):

@@ -70,6 +70,8 @@ PRIVATE_NAMES = [
     "twisted.web.client:HTTPConnectionPool._factory",
     "twisted.web._newclient:HTTP11ClientProtocol._parser",
     "scrapy.core.downloader.handlers.http11:_LenientHTTPClientParser.lineReceived",
+    "twisted.web._newclient:HTTPClientParser._finished",
+    "twisted.web._newclient:HTTPClientParser.NO_BODY_CODES",
     "scrapy.downloadermiddlewares.httpcompression:HttpCompressionMiddleware._handle_encoding",
     "scrapy.utils._compression:_DecompressionMaxSizeExceeded",
     "scrapy.core.downloader:Downloader._wait_for_download",
@@ -306,7 +308,7 @@ async def downloads(reactor):
             type(o).__qualname__ for o in gc.get_objects() if isinstance(o, HTTP11ClientProtocol)
         })
         facts["hostile"] = {}
-        for path in ("/declared", "/streamed", "/cut", "/endless-headers"):
+        for path in ("/declared", "/streamed", "/cut", "/endless-headers", "/bodied-304"):
             try:
                 response = await ours.download_request(scrapy.Request(args["hostile"] + path))
                 facts["hostile"][path] = response.status
@@ -464,7 +466,7 @@ HOSTILE = {
 @pytest.fixture(scope="module")
 def http11_run(tmp_path_factory):
     reused = LocalSite({"/a": ("text/plain", b"hello")}).start()
-    hostile = LocalSite({}, handlers={**HOSTILE, "/endless-headers": endless_headers}).start()
+    hostile = LocalSite({}, handlers={**HOSTILE, "/endless-headers": endless_headers, "/bodied-304": bodied_304}).start()
     try:
         facts = run("http11", tmp_path_factory.mktemp("http11"),
                     reused=reused.url("/a"), hostile=hostile.url(""), maxsize=MAXSIZE)
@@ -484,6 +486,11 @@ def endless_headers(handler) -> None:
     except OSError:
         pass
     handler.close_connection = True
+
+
+def bodied_304(handler) -> None:
+    """A 304 with a body, head and body in one write (as a server sends them)."""
+    respond(handler, "HTTP/1.1 304 Not Modified\r\nContent-Length: 5", b"stale", close=False)
 
 
 def test_send_now_writes_what_twisted_buffered(http11_run):
@@ -522,6 +529,15 @@ def test_endless_headers_fail_with_the_parsers_exception(http11_run):
     assert http11_run["hostile"]["/endless-headers"] == "ResponseHeadTooLarge", changed(
         "HTTP11ClientProtocol's parser swap, lineReceived, or how a parser's exception reaches "
         f"the request (got {http11_run['hostile']})"
+    )
+
+
+def test_a_304_with_a_body_fails_with_the_parsers_exception(http11_run):
+    # Twisted ends a 304 at its head (NO_BODY_CODES) and hands what came with it to
+    # _finished as ``rest``; our parser raises there, as in lineReceived above.
+    no_error(http11_run, "downloads", "the http11 download handler")
+    assert http11_run["hostile"]["/bodied-304"] == "BodyWithoutRoom", changed(
+        f"HTTPClientParser._finished or NO_BODY_CODES (a 304 with a body got {http11_run['hostile']})"
     )
 
 

@@ -48,7 +48,8 @@ def test_manifest_jsonl_and_csv_have_the_documented_fields(demo_site, tmp_path):
             assert row["reason"] == line["reason"] == "undecodable"
             assert row["path"] == row["sha256"] == ""
             continue
-        assert set(line) == set(FEED_EXPORT_FIELDS) - {"reason"}
+        assert set(line) == set(FEED_EXPORT_FIELDS) - {"reason", "near_duplicate_of"}  # no copies here
+        assert len(line["phash"]) == 16 and row["phash"] == line["phash"] and row["near_duplicate_of"] == ""
         for name in ("url", "page_url", "alt", "status", "path", "sha256", "format"):
             assert row[name] == str(line[name]), name
         for name in ("width", "height", "bytes"):

@@ -230,6 +230,7 @@ class GallerySpider(scrapy.Spider):
         candidates = list(self.image_candidates(response))
         if not candidates and not response.meta.get("playwright") and rendering.looks_script_built(response.selector):
             yield from self.script_built_page(response)
+        page_title = response.xpath("normalize-space((//title)[1])").get() or None
         for position, candidate in enumerate(candidates):
             if self.enough_images():
                 break
@@ -244,6 +245,7 @@ class GallerySpider(scrapy.Spider):
                 position=position,
                 alt=candidate.alt,
                 title=candidate.title,
+                page_title=page_title,
             )
         pages = list(self.next_pages(response))
         hops = response.meta.get("detail_hops", 0)
