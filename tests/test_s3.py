@@ -227,6 +227,8 @@ STORE_ERRORS = [
     ("index not writable", "crawler", {}, cache_under_a_file,
      ["cannot write the index of IMAGES_STORE s3://errors/x/ at ", "a-file/cache/imgcrawl/s3-errors-",
       "-s IMGCRAWL_INDEX=/path/to/index.sqlite"], "store_not_writable"),
+    ("file-name template", "crawler", {"IMGCRAWL_FILE_NAME": "{host}/{name}.{ext}"}, None,
+     ["IMGCRAWL_FILE_NAME needs IMAGES_STORE to be a local directory, not s3://errors/x/"], "bad_setting"),
     ("no botocore", "crawler", {}, hidden_botocore,
      ["an S3 store needs botocore: pip install 'imgcrawl[s3]'"], "bad_setting"),
 ]
@@ -238,7 +240,7 @@ def test_a_store_that_cannot_be_used_is_one_line(seaweed, site, tmp_path, case, 
     if "errors" not in {b["Name"] for b in seaweed.client().list_buckets()["Buckets"]}:
         seaweed.bucket("errors")
     settings = {"IMAGES_STORE": "s3://errors/x/", **settings}
-    settings = {k: v.format(free_port=free_port()) for k, v in settings.items()}
+    settings = {k: v.replace("{free_port}", str(free_port())) for k, v in settings.items()}
     result = s3_crawl(tmp_path, seaweed, site.url("/few/"), settings.pop("IMAGES_STORE"), identity=identity,
                       settings=settings, env=env(tmp_path) if env else None)
     errors = [line for line in result.log.splitlines() if " ERROR: " in line]
