@@ -254,7 +254,10 @@ class GalleryImagesPipeline(ImagesPipeline):
         except (OSError, sqlite3.Error) as exc:
             reason = store_failure(exc) or "store-not-writable"
             self._refuse_store(reason, exc, self.store.index_failure(self.index_path, exc))
-        self.storage.open(self.worker_pool(self.worker_count), index)
+        workers = self.worker_pool(self.worker_count)
+        if isinstance(workers, ProcessWorkers):
+            workers.on_broken = lambda detail: self._close("worker_broken")
+        self.storage.open(workers, index)
 
     def _refuse_store(self, reason: str, exc: BaseException, message: str | None = None):
         self.store_failures.report(reason, exc, message)

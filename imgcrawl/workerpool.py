@@ -19,6 +19,7 @@ import pickle
 import signal
 import sys
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -115,6 +116,9 @@ class ProcessWorkers:
         self.workers: list[_Worker] = []
         self.closing = False
         self.broken: str | None = None
+        # Called once when the pool breaks (no worker can start): the crawl cannot store
+        # anything, so the pipeline stops it rather than fail every image.
+        self.on_broken: Callable[[str], None] | None = None
         for _ in range(size):
             self._spawn()
 
@@ -168,6 +172,8 @@ class ProcessWorkers:
             if self.broken is None:
                 self.broken = f"{detail} before it started (see its error above)"
                 logger.error("imgcrawl: %s", self.broken)
+                if self.on_broken is not None:
+                    self.on_broken(self.broken)
             self._fail(pending, detail)
             self._fail(self.queue, self.broken)
             return
