@@ -102,7 +102,7 @@ def crawl(server: SeaweedFS, images: int, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(root / "cache")}
     env.pop("SCRAPY_SETTINGS_MODULE", None)
     stores = {"local directory": str(root / "local"), "S3 bucket": f"s3://{bucket}/w1/"}
-    print(f"\n| store | crawl | images | wall s | images/s | CPU ms/image: crawl process | workers | S3 server | "
+    print("\n| store | crawl | images | wall s | images/s | CPU ms/image: crawl process | workers | S3 server | "
           "verified |\n|---|---|---|---|---|---|---|---|---|")
     with Server(workload, corpus) as site:
         urls = site.call("/__urls").decode().split()

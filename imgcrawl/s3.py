@@ -423,10 +423,10 @@ class S3FeedStorage:
     local temporary file, with Scrapy's AWS settings (as the image store).
 
     The per-image manifest (the default ``FEEDS``) has the layout it has on disk
-    (:class:`imgcrawl.manifest.LocalManifest`): ``manifest.jsonl``, one line per image URL,
+    (:class:`imgcrawl.merge.LocalManifest`): ``manifest.jsonl``, one line per image URL,
     and ``crawls/manifest-<UTC time>-<id>.jsonl``, each crawl's lines. S3 can neither append
     nor lock, so at the end of a crawl the manifest object is read, merged with this crawl's
-    lines (:func:`imgcrawl.manifest.merge_manifest`) and written back only if no other crawl
+    lines (:func:`imgcrawl.merge.merge_manifest`) and written back only if no other crawl
     wrote it meanwhile (a conditional PUT: ``If-Match``, or ``If-None-Match: *`` for the
     first); else it is read and merged again. So workers ending at once lose no line. Another
     feed that appends (``overwrite: False``) is read and extended the same way; any other is
@@ -536,7 +536,7 @@ class S3FeedStorage:
     def read_merged(self, use):
         """``use(lines)`` over the manifest this crawl wrote, unless a later crawl has merged
         since (its sheet comes after this one's); blocking: call it on a thread."""
-        from imgcrawl.manifest import FileLines  # noqa: PLC0415 - Scrapy-free module import time
+        from imgcrawl.merge import FileLines  # noqa: PLC0415 - Scrapy-free module import time
 
         head = self.objects._call(f"HEAD {self.key}", self.objects.client.head_object, Key=self.key,
                                   missing_ok=True)
@@ -549,7 +549,7 @@ class S3FeedStorage:
 
 
 def _merge(current: Path, lines: Path, out: Path) -> int:
-    from imgcrawl.manifest import FileLines, merge_manifest  # noqa: PLC0415 - see read_merged
+    from imgcrawl.merge import FileLines, merge_manifest  # noqa: PLC0415 - see read_merged
 
     count = 0
     with open(out, "wb") as f:
