@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from imgcrawl.manifest import LocalManifest
+from imgcrawl.merge import LocalManifest
 
 
 def line(n: int, status: str) -> bytes:

@@ -32,9 +32,9 @@ EXIT_STATUS = """\
 exit status:
   0  the crawl finished (images or pages that failed are reported, not fatal)
   1  the crawl did not finish: interrupted, or an unexpected error
-  2  bad usage or a bad argument
+  2  bad usage, a bad argument or a bad setting
   3  nothing crawled: every start URL was refused, unreachable or an HTTP error
-  4  the image store is not writable or is full
+  4  the image store is not writable, is full or does not answer
 """
 
 CRAWL_EXAMPLES = """\

@@ -10,16 +10,16 @@ from collections.abc import Mapping
 
 OK = 0  # the crawl finished; single images or pages that failed are reported, not fatal
 FAILED = 1  # the crawl did not finish: interrupted, or stopped by an unexpected error
-USAGE = 2  # bad command line: a bad option, -a argument or spider name (argparse's status)
+USAGE = 2  # bad command line: a bad option, -a argument, setting or spider name (argparse's status)
 NOTHING_CRAWLED = 3  # no page could be fetched: each one tried was refused, unreachable or an HTTP error
-STORE_FAILED = 4  # IMAGES_STORE (or the manifest) is not writable or is full
+STORE_FAILED = 4  # IMAGES_STORE (or the manifest) is not writable, is full or does not answer
 
 MEANINGS = {
     OK: "the crawl finished",
     FAILED: "the crawl did not finish (interrupted, or an unexpected error: see the log)",
-    USAGE: "bad usage or a bad argument (see the ERROR line)",
+    USAGE: "bad usage, a bad argument or a bad setting (see the ERROR line)",
     NOTHING_CRAWLED: "nothing crawled: no page could be fetched (every start URL was refused, unreachable or an HTTP error)",
-    STORE_FAILED: "the image store is not writable or is full (see the ERROR line)",
+    STORE_FAILED: "the image store is not writable, is full or does not answer (see the ERROR line)",
 }
 
 # Close reasons of a crawl that ended as it was told to: at its end, or at a limit it was given.
@@ -28,8 +28,8 @@ FINISHED_REASONS = frozenset({
     "imgcrawl_max_images", "imgcrawl_max_bytes",
     "closespider_timeout", "closespider_timeout_no_item", "closespider_itemcount", "closespider_pagecount",
 })
-USAGE_REASONS = frozenset({"bad_argument"})
-STORE_REASONS = frozenset({"disk_full", "store_not_writable"})
+USAGE_REASONS = frozenset({"bad_argument", "bad_setting"})
+STORE_REASONS = frozenset({"disk_full", "store_not_writable", "store_unreachable"})
 # Set by the Progress extension at close: pages fetched (2xx), whatever they held.
 PAGES_STAT = "imgcrawl/pages"
 FAILED_PREFIX = "imgcrawl/failed/"  # a count per reason, of pages and images given up on

@@ -4,8 +4,9 @@
   terminal one live display (:mod:`imgcrawl.live`), else one INFO line every
   ``IMGCRAWL_PROGRESS_INTERVAL`` seconds; the summary is the last line of the crawl. It
   leaves its counts and averages in the stats.
-* :class:`ContactSheet` writes ``index.html`` in ``IMAGES_STORE`` at the end of a crawl, from
-  the merged manifest (the whole collection), else from this crawl's items.
+* :class:`ContactSheet` writes ``index.html`` in ``IMAGES_STORE`` (a directory or a bucket) at
+  the end of a crawl, from the merged manifest (the whole collection), else from this crawl's
+  items.
 
 Both count from ``item_scraped``: the pipeline has set each item's ``status`` by then.
 """
@@ -30,8 +31,8 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 import imgcrawl
-from imgcrawl import contact_sheet, exitstatus, live, progress, render
-from imgcrawl.failures import store_failure
+from imgcrawl import contact_sheet, exitstatus, live, progress, render, s3
+from imgcrawl.failures import Failed, store_failure
 from imgcrawl.manifest import LOST_STAT, fill_feed_uri, is_per_image
 from imgcrawl.progress import MB
 from imgcrawl.workerpool import BatchingThread
@@ -80,8 +81,10 @@ class Progress:
 
     # -- what the crawl is about to do -------------------------------------------------
 
-    def store(self) -> Path:
-        return Path(self.crawler.settings.get("IMAGES_STORE") or ".").resolve()
+    def store(self) -> Path | str:
+        """Where the images go: a directory, or a bucket's URI (without its last slash)."""
+        store = self.crawler.settings.get("IMAGES_STORE") or "."
+        return store.rstrip("/") if s3.is_s3(store) else Path(store).resolve()
 
     def title(self) -> str:
         return f"imgcrawl {self.crawler.spidercls.name} -> {self.store()}"
@@ -224,7 +227,7 @@ class Progress:
         if hinted:
             lines.append(f"  {hinted} page{'s' if hinted > 1 else ''} had no image in their HTML but scripts "
                          "that build them: crawl again with -a render=browser (docs/render.md)")
-        lines.append(f"  originals: {store / 'full'}  thumbnails: {store / 'thumbs'}")
+        lines.append(f"  originals: {store}/full  thumbnails: {store}/thumbs")
         feeds = [fill_feed_uri(uri, store, self.crawler.spidercls.name) or uri for uri in settings.getdict("FEEDS")]
         if feeds:
             lost = self.stats.get_value(LOST_STAT, 0)
@@ -257,16 +260,18 @@ class ContactSheet:
     manifest's merge lock (a crawl sharing the store and merging after this one writes its
     sheet after this one's). Otherwise it shows this crawl's images and says so: their
     records are streamed to a temporary file as items pass (memory stays flat on long
-    crawls), on one writer thread, and read back at the end.
+    crawls), on one writer thread, and read back at the end. Into a bucket, the sheet is
+    written to a temporary file and uploaded from there.
     """
 
     FILENAME = "index.html"
     WHOLE = "all crawls"
     THIS_CRAWL = "this crawl only (no per-image manifest in FEEDS)"
 
-    def __init__(self, crawler, store: Path):
+    def __init__(self, crawler, store: Path | s3.S3Objects):
         self.crawler = crawler
-        self.path = store / self.FILENAME
+        self.bucket = store if isinstance(store, s3.S3Objects) else None
+        self.path = f"{store.config.uri}{self.FILENAME}" if self.bucket else store / self.FILENAME
         self.writer: BatchingThread | None = None
         self.buffer = None  # the temporary file, used on the writer thread only
         self.records = 0
@@ -278,7 +283,13 @@ class ContactSheet:
         store = crawler.settings.get("IMAGES_STORE")
         if not store:
             raise NotConfigured("IMAGES_STORE is not set")
-        o = cls(crawler, Path(store).resolve())
+        if s3.is_s3(store):
+            try:
+                o = cls(crawler, s3.S3Objects(s3.config_from_settings(store, crawler.settings)))
+            except ValueError:
+                raise NotConfigured from None  # the pipeline refuses the setting, in one line
+        else:
+            o = cls(crawler, Path(store).resolve())
         if any(is_per_image(options) for options in crawler.settings.getdict("FEEDS").values()):
             crawler.signals.connect(o.feed_slot_closed, signal=signals.feed_slot_closed)
         else:
@@ -299,24 +310,33 @@ class ContactSheet:
         self.written = True
         title = self.title(slot.spider)
 
-        def write(lines) -> Path:
-            return contact_sheet.write(_ManifestRecords(lines), self.path, title, self.WHOLE)
+        def write(lines) -> str:
+            return self.save(_ManifestRecords(lines), title, self.WHOLE)
 
         await self._write(deferToThread(storage.read_merged, write), slot.spider)
 
     async def _write(self, d, spider) -> None:
         try:
-            path = await maybe_deferred_to_future(d)
-        except OSError as exc:  # e.g. the disk filled up: the images are stored, say so and go on
+            where = await maybe_deferred_to_future(d)
+        except (OSError, Failed) as exc:  # e.g. the disk filled up: the images are stored, say so and go on
             self._not_written(exc, spider)
             return
         if self.write_error is not None:
             self._not_written(self.write_error, spider)
-        elif path is not None:
-            logger.info("Contact sheet: %s", path.as_uri(), extra={"spider": spider})
+        elif where is not None:
+            logger.info("Contact sheet: %s", where, extra={"spider": spider})
+
+    def save(self, records, title: str, scope: str) -> str:
+        """Write the sheet of ``records``; where it is, as a URI."""
+        if self.bucket is None:
+            return contact_sheet.write(records, self.path, title, scope).as_uri()
+        with tempfile.TemporaryDirectory(prefix="imgcrawl-sheet-") as tmp:
+            sheet = contact_sheet.write(records, Path(tmp) / self.FILENAME, title, scope)
+            self.bucket.upload(self.FILENAME, sheet, s3.HTML)
+        return self.path
 
     def _not_written(self, exc: BaseException, spider) -> None:
-        failure = store_failure(exc)
+        failure = store_failure(exc) or (exc.reason if isinstance(exc, Failed) else None)
         if failure is not None and self.crawler.stats.get_value(f"imgcrawl/failed/{failure}"):
             # The pipeline said this very store failure once, at ERROR, with the fix: a
             # second ERROR would only repeat it.
@@ -359,14 +379,14 @@ class ContactSheet:
         title = self.title(spider)
         await self._write(self.writer.close(lambda: self._finish(write, title)), spider)
 
-    def _finish(self, write, title: str) -> Path | None:
+    def _finish(self, write, title: str) -> str | None:
         if self.buffer is None:
             return None
         with self.buffer:
             return write(title) if write is not None and self.write_error is None else None
 
-    def write(self, title: str) -> Path:
-        return contact_sheet.write(_BufferedRecords(self.buffer), self.path, title, self.THIS_CRAWL)
+    def write(self, title: str) -> str:
+        return self.save(_BufferedRecords(self.buffer), title, self.THIS_CRAWL)
 
 
 class _BufferedRecords:

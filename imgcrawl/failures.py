@@ -40,6 +40,8 @@ STORE_FAILURES = {
         "cannot write to IMAGES_STORE {root} ({detail}): give this user write permission "
         "there (chown/chmod) or choose another directory with -s IMAGES_STORE=/path/to/dir"
     ),
+    # An S3 endpoint that does not answer (imgcrawl.s3 words its own lines for a bucket).
+    "store-unreachable": "cannot reach IMAGES_STORE {root} ({detail})",
 }
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -73,13 +75,15 @@ class StoreFailures:
         self.root = root
         self.failed = False
 
-    def report(self, reason: str, exc: BaseException) -> bool:
-        """Log the line unless it was logged already; True the first time."""
+    def report(self, reason: str, exc: BaseException, message: str | None = None) -> bool:
+        """Log the line (``message``, or the exception's own, or the reason's) unless it was
+        logged already; True the first time."""
         if self.failed:
             return False
         self.failed = True
         detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-        logger.error("imgcrawl: %s", STORE_FAILURES[reason].format(root=self.root, detail=detail))
+        message = message or getattr(exc, "message", None) or STORE_FAILURES[reason].format(root=self.root, detail=detail)
+        logger.error("imgcrawl: %s", message)
         return True
 
 

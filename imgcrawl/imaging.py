@@ -264,32 +264,56 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if _needs_swap(image) else (width, height)
 
 
+class FileSystem:
+    """Where :func:`process_image` writes and :func:`rethumb` reads by default: local files,
+    at absolute paths. Another store (:class:`imgcrawl.s3.S3Objects`) offers the same two
+    methods for its own locations."""
+
+    @staticmethod
+    def write_all(writes: list[tuple[str, bytes, str, dict | None]]) -> None:
+        """Each ``(path, data, format, facts)``: ``data`` to ``path``, whole or not at all."""
+        for path, data, _, _ in writes:
+            atomic_write(path, data)
+
+    @staticmethod
+    def read(path: str) -> bytes:
+        return Path(path).read_bytes()
+
+
 def process_image(
     data: bytes,
     original_path: str | None,
     thumbs: dict[str, tuple[tuple[int, int], str]],
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_size: tuple[int, int] = (0, 0),
+    store=FileSystem,
 ) -> dict:
-    """Validate ``data``, write it unchanged to ``original_path`` and each thumbnail
-    ``{name: ((w, h), path)}`` as JPEG. Returns :class:`ImageFacts` as a dict.
+    """Validate ``data``, write it unchanged to ``original_path`` (with its facts, which a
+    bucket keeps as the object's metadata) and each thumbnail ``{name: ((w, h), path)}`` as
+    JPEG, into ``store``. Returns :class:`ImageFacts` as a dict.
 
-    Raises :class:`ImageError` for anything that is not a decodable image; nothing is
-    written then. This is the unit of work the pipeline hands to its worker pool.
+    Raises :class:`ImageError` for anything that is not a decodable image, or one smaller
+    than ``min_size`` (``IMAGES_MIN_WIDTH``/``_HEIGHT``, as displayed: after EXIF rotation);
+    nothing is written then. This is the unit of work the pipeline hands to its worker pool.
     """
     if not data:
         raise ImageError("empty", "zero bytes")
     fmt = sniff_format(data[:512])
     if fmt == "SVG":
-        # Vector: kept as is; no raster thumbnail without an SVG renderer.
-        facts = ImageFacts("SVG", 0, 0, len(data), hashlib.sha256(data).hexdigest())
+        # Vector: kept as is, at any minimum size (it has none in pixels); no raster
+        # thumbnail without an SVG renderer.
+        facts = ImageFacts("SVG", 0, 0, len(data), hashlib.sha256(data).hexdigest()).as_dict()
         if original_path:
-            atomic_write(original_path, data)
-        return facts.as_dict()
+            store.write_all([(original_path, data, "SVG", facts)])
+        return facts
     image = open_image(data, max_pixels)
     fmt = image.format or fmt or "unknown"
     try:
         # Reading EXIF or counting frames may already hit a truncated stream.
         width, height = displayed_size(image)
+        if width < min_size[0] or height < min_size[1]:
+            raise ImageError("too-small", f"{width}x{height} is under IMAGES_MIN_WIDTH x IMAGES_MIN_HEIGHT "
+                                          f"{min_size[0]}x{min_size[1]}")
         facts = ImageFacts(
             format=fmt,
             width=width,
@@ -310,20 +334,27 @@ def process_image(
             hashed = make_thumbnails(image, {"hash": HASH_SOURCE})["hash"]
             encoded = {name: (data, (width, height)) for name in thumbs}
         facts.phash = phash.to_hex(phash.phash(hashed))
+    except ImageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams raise many types
         raise ImageError("undecodable", str(exc) or type(exc).__name__) from None
-    if original_path:
-        atomic_write(original_path, data)
+    writes = []
     for name, (blob, size) in encoded.items():
-        atomic_write(thumbs[name][1], blob)
+        writes.append((thumbs[name][1], blob, "JPEG", None))
         facts.thumbs[name] = list(size)
-    return facts.as_dict()
+    facts = facts.as_dict()
+    if original_path:
+        writes.append((original_path, data, fmt, facts))
+    store.write_all(writes)
+    return facts
 
 
 def rethumb(
     original_path: str,
     thumbs: dict[str, tuple[tuple[int, int], str]],
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    store=FileSystem,
 ) -> dict:
-    """New thumbnails from an already stored original (after ``IMAGES_THUMBS`` changed)."""
-    return process_image(Path(original_path).read_bytes(), None, thumbs, max_pixels)
+    """New thumbnails from an already stored original (after ``IMAGES_THUMBS`` changed, or
+    for an original found without its record). Not judged by ``min_size``: it is stored."""
+    return process_image(store.read(original_path), None, thumbs, max_pixels, store=store)

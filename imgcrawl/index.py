@@ -1,11 +1,13 @@
 """What is already stored: image URL -> stored record, and content (sha256) -> record.
 
 Lets the pipeline answer "already stored and fresh?" with one indexed lookup and a few
-``stat`` calls, instead of Scrapy's read-and-MD5-the-whole-file check. Pure (sqlite3 and
-files only, no reactor). One :class:`SQLiteIndex` must be used from one thread at a time;
-the pipeline gives it a dedicated thread. :class:`RedisIndex` has the same interface and is
-shared by every worker of a distributed crawl (redis-py only, imported when used).
-:class:`StoredImages` joins either index with the files it names.
+``stat`` calls (a HEAD each in a bucket), instead of Scrapy's read-and-MD5-the-whole-file
+check. Pure (sqlite3 and files only, no reactor). One :class:`SQLiteIndex` must be used
+from one thread at a time; the pipeline gives it a dedicated thread. :class:`RedisIndex` has
+the same interface and is shared by every worker of a distributed crawl (redis-py only,
+imported when used). :class:`StoredImages` joins either index with the files it names:
+:class:`LocalFiles`, or the objects of an S3 store (:class:`imgcrawl.s3.S3Objects`), which
+answer the same calls.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from imgcrawl import phash
 from imgcrawl.phash import NearIndex
@@ -221,8 +224,43 @@ class RedisIndex:
         self._redis.close()
 
 
+class StoreFiles(Protocol):
+    """What :class:`StoredImages` asks of a store, with paths relative to it."""
+
+    def present(self, paths: Iterable[str]) -> bool: ...
+
+    def find(self, paths: Iterable[str]) -> dict | None:
+        """The first of ``paths`` there as a whole file: ``{"path", "stored_at"}``."""
+
+    def remove(self, paths: Iterable[str]) -> None: ...
+
+
+class LocalFiles:
+    """A store directory's files, by ``stat`` and ``unlink``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def present(self, paths: Iterable[str]) -> bool:
+        return all((self.root / p).exists() for p in paths)
+
+    def find(self, paths: Iterable[str]) -> dict | None:
+        for path in paths:
+            try:
+                st = os.stat(f"{self.root}/{path}")
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                return {"path": path, "stored_at": st.st_mtime}
+        return None
+
+    def remove(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            (self.root / p).unlink(missing_ok=True)
+
+
 class StoredImages:
-    """An index and the store directory together: a record counts only while its files
+    """An index and the store's files together: a record counts only while its files
     are there. Its methods stat and remove files, so the pipeline runs them on its index
     thread, never on the reactor thread.
 
@@ -232,18 +270,15 @@ class StoredImages:
     earlier one are looked up against, so every near-duplicate names the first of its group.
     """
 
-    def __init__(self, index: SQLiteIndex | RedisIndex, root: Path, thumbs_signature: str, max_age: float,
+    def __init__(self, index: SQLiteIndex | RedisIndex, files: StoreFiles, thumbs_signature: str, max_age: float,
                  near_distance: int | None = None, skip_near: bool = False):
         self.index = index
-        self.root = root
+        self.files = files
         self.thumbs_signature = thumbs_signature  # the IMAGES_THUMBS the thumbnails were made for
         self.max_age = max_age  # seconds (IMAGES_EXPIRES)
         self.near = NearIndex(near_distance) if near_distance is not None else None
         self.skip_near = skip_near
         self.near_seen = 0  # where the index's changes to the hashes were last read up to
-
-    def _present(self, paths) -> bool:
-        return all((self.root / p).exists() for p in paths)
 
     def lookup(self, url: str, unrecorded: Iterable[str] = ()) -> tuple[str, dict] | None:
         """``("uptodate", record)`` for a fresh, complete image; ``("rethumb", record)`` when
@@ -252,16 +287,20 @@ class StoredImages:
         "changed since?" with; ``("adopt", {"path", "stored_at"})`` when the URL has no
         record but a fresh file is at one of the ``unrecorded`` paths (where its download
         would have been written); None when it must be downloaded."""
-        found = self.index.get(url)
+        return self.check(self.index.get(url), unrecorded)
+
+    def check(self, found: tuple[dict, float] | None, unrecorded: Iterable[str] = ()) -> tuple[str, dict] | None:
+        """:meth:`lookup` once the index has answered ``found``: the files' part alone, which
+        for a bucket may run on other threads than the index's."""
         if not found:
             return self._unrecorded(unrecorded)
         record, stored_at = found
         expired = time.time() - stored_at > self.max_age
-        if not self._present([record["path"]]):
+        if not self.files.present([record["path"]]):
             return None
         if record.get("thumbs_signature") != self.thumbs_signature:
             return None if expired else ("rethumb", record)
-        if not self._present(record.get("thumbs", {}).values()):
+        if not self.files.present(record.get("thumbs", {}).values()):
             return None
         if expired:
             return ("revalidate", record) if any(record.get(k) for k in VALIDATORS) else None
@@ -269,19 +308,13 @@ class StoredImages:
 
     def _unrecorded(self, paths: Iterable[str]) -> tuple[str, dict] | None:
         """A crawl killed between a worker's write and the index commit that records it
-        leaves the file without its record. Files are written by atomic rename, so one under
-        its final name is whole: it is recorded again from its bytes, not fetched again."""
-        for path in paths:
-            try:
-                st = os.stat(f"{self.root}/{path}")
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if time.time() - st.st_mtime > self.max_age:  # IMAGES_EXPIRES, from when it was written
-                return None
-            return "adopt", {"path": path, "stored_at": st.st_mtime}
-        return None
+        leaves the file without its record (and a new index knows none of a bucket's
+        objects). Files are written by atomic rename (objects whole), so one under its final
+        name is whole: it is recorded again from its bytes, not fetched again."""
+        found = self.files.find(paths)
+        if found is None or time.time() - found["stored_at"] > self.max_age:  # IMAGES_EXPIRES
+            return None
+        return "adopt", found
 
     def keep(self, record: dict, stored_at: float | None = None) -> tuple[dict, str]:
         """Record an image once: ``(record, how)``. ``how`` is "stored"; "duplicate" when its
@@ -315,10 +348,9 @@ class StoredImages:
         if other.get("thumbs_signature") != self.thumbs_signature:
             return None
         kept = [other["path"], *other["thumbs"].values()]
-        if not self._present(kept):
+        if not self.files.present(kept):
             return None
-        for p in {record["path"], *record["thumbs"].values()} - set(kept):
-            (self.root / p).unlink(missing_ok=True)
+        self.files.remove({record["path"], *record["thumbs"].values()} - set(kept))
         return {**record, "path": other["path"], "thumbs": other["thumbs"]}
 
     def _near_duplicate(self, record: dict, how: str) -> tuple[dict, str]:

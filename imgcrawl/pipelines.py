@@ -41,7 +41,7 @@ from imgcrawl.failures import STORE_FAILURES, Failed, StoreFailures, failure_rea
 from imgcrawl.inflight import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes, holding, release
 from imgcrawl.index import RedisIndex, SQLiteIndex
 from imgcrawl.quotas import Quotas
-from imgcrawl.stores import ImageStorage, LocalStore
+from imgcrawl.stores import ImageStorage, LocalStore, ObjectStore, StoreSchemes, thumbs_signature
 from imgcrawl.workerpool import ProcessWorkers, ThreadWorkers
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,46 @@ class ImageFailed(Failed, compat.MediaRequestFiltered):
 
 class BadSetting(NotConfigured):
     """A setting value we cannot use; the message says which and shows a good one."""
+
+
+class RefusedPipeline:
+    """Stands in for the pipeline when a setting cannot be used: the crawl stops as it
+    opens, with one ERROR line and the finish reason ``bad_setting``. Scrapy's way (a
+    WARNING "Disabled ..." and the crawl going on without the pipeline) would store
+    nothing and still exit 0."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def open_spider(self, spider=None) -> None:
+        logger.error("imgcrawl: %s", self.message)
+        raise CloseSpider("bad_setting")
+
+    def process_item(self, item, spider=None):
+        return item
+
+
+# The settings Scrapy's media pipelines also read under a pipeline's own name (a subclass
+# MyPipeline reads MYPIPELINE_IMAGES_THUMBS before IMAGES_THUMBS); the FILES_ ones are
+# overridden by their IMAGES_ counterparts in an images pipeline.
+PER_CLASS_SETTINGS = (
+    "IMAGES_THUMBS", "IMAGES_EXPIRES", "IMAGES_MIN_WIDTH", "IMAGES_MIN_HEIGHT",
+    "IMAGES_URLS_FIELD", "IMAGES_RESULT_FIELD", "MEDIA_ALLOW_REDIRECTS",
+)
+
+
+def refuse_unread_per_class_settings(class_name: str, settings) -> None:
+    """A setting under the pipeline's own name that no pipeline reads so (say
+    MYPIPELINE_IMAGES_STORE) is refused, not ignored."""
+    prefix = f"{class_name.upper()}_"
+    for name in settings:
+        setting = name.removeprefix(prefix)
+        if name.startswith(prefix) and setting.startswith(("IMAGES_", "FILES_", "MEDIA_", "IMGCRAWL_")) \
+                and setting not in PER_CLASS_SETTINGS:
+            raise BadSetting(
+                f"{name}: no pipeline reads {setting} under its own name; set {setting} (per-pipeline "
+                f"names work for {', '.join(PER_CLASS_SETTINGS)})"
+            )
 
 
 def parse_thumbs(value: Any) -> dict[str, tuple[int, int]]:
@@ -142,21 +182,43 @@ class GalleryImagesPipeline(ImagesPipeline):
     LOG_FAILED_RESULTS = False  # media_failed already said it, once
     DEFAULT_IMAGES_RESULT_FIELD = "images"
     RECENT_RESULTS = 1024  # Scrapy's per-crawl result cache, bounded: the index has the rest
-    STORE_SCHEMES = {**ImagesPipeline.STORE_SCHEMES, "": LocalStore, "file": LocalStore}
+    # The workers write into the store themselves: a local directory or an S3 bucket.
+    STORE_SCHEMES = StoreSchemes({"": LocalStore, "file": LocalStore, "s3": ObjectStore})
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        # Not Scrapy's, which copies the AWS settings onto its store classes: ours read them
+        # from the settings. A setting we cannot use stops the crawl (RefusedPipeline).
+        try:
+            return cls(crawler.settings["IMAGES_STORE"], crawler=crawler)
+        except NotConfigured as exc:
+            return RefusedPipeline(str(exc))
 
     def __init__(self, store_uri, *, crawler):
-        super().__init__(store_uri, crawler=crawler)
+        try:
+            super().__init__(store_uri, crawler=crawler)
+        except ValueError as exc:  # an IMAGES_STORE no store takes
+            raise BadSetting(str(exc)) from None
         settings = crawler.settings
-        if not isinstance(self.store, LocalStore):
-            # Workers write files directly (atomic rename); remote stores are not wired yet.
-            raise BadSetting(f"IMAGES_STORE={store_uri!r}: imgcrawl stores to a local directory")
-        self.local_root = self.store.root
-        self.thumbs = parse_thumbs(settings.get("IMAGES_THUMBS", self.THUMBS))
+        refuse_unread_per_class_settings(type(self).__name__, settings)
+        # Scrapy's own reading of IMAGES_THUMBS (and IMAGES_MIN_*, IMAGES_EXPIRES), which
+        # honours the per-pipeline names; -s and scrapyd give JSON strings.
+        self.thumbs = parse_thumbs(self.thumbs)
         self.file_names = file_name_template(settings.get("IMGCRAWL_FILE_NAME"))
+        if self.file_names and not isinstance(self.store, LocalStore):
+            # Such a name is given once the worker has decoded the image, by renaming the
+            # files it wrote: a bucket has no rename.
+            raise BadSetting(f"IMGCRAWL_FILE_NAME needs IMAGES_STORE to be a local directory, not {store_uri}")
+        try:
+            self.store.configure(settings, thumbs_signature(self.thumbs))
+        except ImportError:
+            raise BadSetting(f"IMAGES_STORE={store_uri}: an S3 store needs botocore: pip install 'imgcrawl[s3]'") from None
+        except ValueError as exc:
+            raise BadSetting(str(exc)) from None
         self.skip_near_duplicates = settings.getbool("IMGCRAWL_SKIP_NEAR_DUPLICATES")
         self.storage = ImageStorage(
-            self.local_root, self.thumbs, settings.getint("IMGCRAWL_MAX_PIXELS", imaging.DEFAULT_MAX_PIXELS),
-            max_age=self.expires * 86400, file_names=self.file_names,
+            self.store, self.thumbs, settings.getint("IMGCRAWL_MAX_PIXELS", imaging.DEFAULT_MAX_PIXELS),
+            max_age=self.expires * 86400, min_size=(self.min_width, self.min_height), file_names=self.file_names,
             near_distance=near_distance(settings.get("IMGCRAWL_NEAR_DUPLICATE_DISTANCE", -1)),
             skip_near=self.skip_near_duplicates,
         )
@@ -168,24 +230,38 @@ class GalleryImagesPipeline(ImagesPipeline):
         self.inflight = DeferredSemaphore(max(1, max_inflight))
         self.inflight_bytes = InflightBytes(settings.getint("IMGCRAWL_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES))
         self.redis_url = settings.get("IMGCRAWL_REDIS_URL")
-        self.index_path = settings.get("IMGCRAWL_INDEX") or self.local_root / ".imgcrawl" / "index.sqlite"
+        # A bucket's index is not kept in the bucket (S3 has no SQLite): by default it is in
+        # the user's cache directory, one per store (or in Redis, when distributed).
+        self.index_path = settings.get("IMGCRAWL_INDEX") or self.store.default_index()
         self.quotas = Quotas(
             settings.getint("IMGCRAWL_MAX_IMAGES", 0), settings.getint("IMGCRAWL_MAX_BYTES", 0), self._quota_reached
         )
-        self.store_failures = StoreFailures(self.local_root)
+        self.store_failures = StoreFailures(self.store)
 
-    def open_spider(self, spider=None) -> None:
+    async def open_spider(self, spider=None) -> None:
         super().open_spider()
         compat.set_media_result_cache(self, LocalCache(self.RECENT_RESULTS))
+        try:
+            # A bucket that cannot be used (credentials, no such bucket, no answer) is said
+            # before the crawl fetches anything.
+            await self.storage.probe()
+        except Failed as exc:
+            self._refuse_store(exc.reason, exc)
         try:
             # Distributed: every worker must see what any worker has stored. Locally the
             # index creates the store directory: the first write, so the place to learn it fails.
             index = RedisIndex(self.redis_url) if self.redis_url else SQLiteIndex(self.index_path)
         except (OSError, sqlite3.Error) as exc:
             reason = store_failure(exc) or "store-not-writable"
-            self.store_failures.report(reason, exc)
-            raise CloseSpider(reason.replace("-", "_")) from None
-        self.storage.open(self.worker_pool(self.worker_count), index)
+            self._refuse_store(reason, exc, self.store.index_failure(self.index_path, exc))
+        workers = self.worker_pool(self.worker_count)
+        if isinstance(workers, ProcessWorkers):
+            workers.on_broken = lambda detail: self._close("worker_broken")
+        self.storage.open(workers, index)
+
+    def _refuse_store(self, reason: str, exc: BaseException, message: str | None = None):
+        self.store_failures.report(reason, exc, message)
+        raise CloseSpider(reason.replace("-", "_")) from None
 
     async def close_spider(self, spider=None) -> None:
         await self.storage.close()

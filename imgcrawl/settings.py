@@ -128,8 +128,12 @@ FEED_EXPORT_ENCODING = "utf-8"
 ADDONS = {"imgcrawl.distributed.RedisAddon": 0}
 
 ITEM_PIPELINES = {"imgcrawl.pipelines.GalleryImagesPipeline": 1}
-# Where originals, thumbnails, the index and the manifest go.
+# Where originals, thumbnails, the index and the manifest go: a directory, or a bucket
+# (-s IMAGES_STORE=s3://BUCKET/PREFIX/ with Scrapy's AWS_* settings; see docs/s3.md).
 IMAGES_STORE = "images"
+# Images smaller than this (as displayed, after EXIF rotation) are not stored: reason too-small.
+IMAGES_MIN_WIDTH = 0
+IMAGES_MIN_HEIGHT = 0
 # One small thumbnail by default; JSON strings work too: -s IMAGES_THUMBS='{"small": [256, 256]}'
 IMAGES_THUMBS = {"small": (256, 256)}
 # Re-download an image only after 90 days (Scrapy's default) or when it is missing. Once due,
@@ -155,7 +159,12 @@ FEEDS = {
 FEED_URI_PARAMS = "imgcrawl.manifest.manifest_uri_params"
 # Local manifests are written a whole line at a time as each image is stored; a full disk
 # or a read-only file is one line and the crawl's close reason, not a traceback per item.
-FEED_STORAGES = {"": "imgcrawl.manifest.ManifestFileStorage", "file": "imgcrawl.manifest.ManifestFileStorage"}
+# A manifest in a bucket is merged as on disk (read, merged, written back if no other crawl
+# wrote it meanwhile), with the same AWS_* settings as the images; Scrapy's would replace it.
+FEED_STORAGES = {
+    "": "imgcrawl.manifest.ManifestFileStorage", "file": "imgcrawl.manifest.ManifestFileStorage",
+    "s3": "imgcrawl.s3.S3FeedStorage",
+}
 # No images, no manifest: an empty file says nothing, and a store we cannot write to would
 # add the feed exporter's traceback to the pipeline's one-line explanation.
 FEED_STORE_EMPTY = False

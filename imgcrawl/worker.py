@@ -5,7 +5,7 @@ Reads jobs from stdin until EOF, each a pickle (which marks its own end, so ``pi
 takes one at a time from a buffered stream), and writes one result per job, in order, to
 stdout, each a pickle sent by :class:`multiprocessing.connection.Connection`: behind a
 4-byte big-endian length, as the parent's Twisted ``Int32StringReceiver`` reads it from the
-pieces the reactor receives. Imports Pillow and :mod:`imgcrawl.imaging` only (no Scrapy,
+pieces the reactor receives. Imports Pillow, numpy and :mod:`imgcrawl.imaging` only (no Scrapy,
 no Twisted), so each worker stays small.
 """
 
@@ -64,6 +64,11 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
     os.dup2(devnull, stdin)
     os.close(devnull)
     os.dup2(2, stdout)
+    # phash's numpy, which it loads lazily (the parent imports this module, not numpy):
+    # imported before READY, so a missing one is a broken install the pool reports once,
+    # not an "undecodable" failure per image.
+    import numpy  # noqa: F401, PLC0415
+
     results.send(READY)
     while True:
         try:

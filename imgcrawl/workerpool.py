@@ -19,6 +19,7 @@ import pickle
 import signal
 import sys
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -115,6 +116,9 @@ class ProcessWorkers:
         self.workers: list[_Worker] = []
         self.closing = False
         self.broken: str | None = None
+        # Called once when the pool breaks (no worker can start): the crawl cannot store
+        # anything, so the pipeline stops it rather than fail every image.
+        self.on_broken: Callable[[str], None] | None = None
         for _ in range(size):
             self._spawn()
 
@@ -168,6 +172,8 @@ class ProcessWorkers:
             if self.broken is None:
                 self.broken = f"{detail} before it started (see its error above)"
                 logger.error("imgcrawl: %s", self.broken)
+                if self.on_broken is not None:
+                    self.on_broken(self.broken)
             self._fail(pending, detail)
             self._fail(self.queue, self.broken)
             return
@@ -216,7 +222,7 @@ def _without_frames(failure: Failure) -> Failure:
     return failure
 
 
-class _Threads:
+class Threads:
     """A Twisted thread pool of our own: the reactor's is sized by Scrapy's
     REACTOR_THREADPOOL_MAXSIZE and resolves DNS, which image work must not crowd out.
 
@@ -288,7 +294,7 @@ class ThreadWorkers:
     """``size`` threads in this process (``IMGCRAWL_WORKER_POOL=thread``)."""
 
     def __init__(self, size: int):
-        self.threads = _Threads(size, "imgcrawl-image")
+        self.threads = Threads(size, "imgcrawl-image")
 
     def submit(self, name: str, *args) -> Deferred:
         return self.threads.run(JOBS[name], *args)
@@ -306,7 +312,7 @@ class BatchingThread:
     in the order made: what they use (an SQLite connection) belongs to one thread."""
 
     def __init__(self, name: str, window: float = 0.02):
-        self.thread = _Threads(1, name)
+        self.thread = Threads(1, name)
         self.window = window
         self.calls: list[tuple] = []
         self.timer = None

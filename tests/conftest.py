@@ -160,26 +160,26 @@ class CrawlResult:
         return [json.loads(line) for line in journals[index].read_text().splitlines() if line.strip()]
 
 
-def crawl_command(store: Path, *args: str, spider: str = "gallery",
-                  settings: dict | None = None) -> tuple[list[str], dict]:
-    """The ``scrapy crawl`` command line and environment that :func:`run_crawl` runs."""
+def crawl_command(store: Path | str, *args: str, spider: str = "gallery",
+                  settings: dict | None = None, env: dict | None = None) -> tuple[list[str], dict]:
+    """The ``scrapy crawl`` command line and environment (``env`` added) that :func:`run_crawl` runs."""
     cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-s", f"IMAGES_STORE={store}"]
     # The local test sites are on 127.0.0.1: lift the SSRF guard unless a test sets it. Tests
     # read the crawl's stats from Scrapy's stats dump: keep it at INFO (IMGCRAWL_BRIEF_LOG).
     for name, value in {"IMGCRAWL_ALLOW_PRIVATE": True, "IMGCRAWL_BRIEF_LOG": False, **(settings or {})}.items():
         cmd += ["-s", f"{name}={value}"]
     cmd += list(args)
-    env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "imgcrawl.settings", "PYTHONPATH": str(REPO), **(env or {})}
     return cmd, env
 
 
-def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | None = None,
+def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path | str | None = None,
               settings: dict | None = None, timeout: float = CRAWL_TIMEOUT,
-              wrapper: tuple[str, ...] = ()) -> CrawlResult:
+              wrapper: tuple[str, ...] = (), env: dict | None = None) -> CrawlResult:
     """``scrapy crawl <spider> <args>`` in a subprocess, with the project's settings;
     ``wrapper`` is a command prefix (e.g. ``unshare ...``) to run it under."""
     store = store or tmp_path / "store"
-    cmd, env = crawl_command(store, *args, spider=spider, settings=settings)
+    cmd, env = crawl_command(store, *args, spider=spider, settings=settings, env=env)
     cmd = [*wrapper, *cmd]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     return CrawlResult(proc.returncode, proc.stdout + proc.stderr, store)

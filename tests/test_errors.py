@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import free_port, run_crawl
+from conftest import REPO, free_port, run_crawl
 from imgcrawl import exitstatus
 from imgcrawl.spiders.gallery import GallerySpider
 
@@ -122,3 +122,19 @@ def test_full_disk_one_line_and_stops(demo_site, tmp_path):
     for line in stored:
         body = demo_site.files[line["url"].split(str(demo_site.port), 1)[1]][1]
         assert line["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_a_worker_that_cannot_start_stops_the_crawl_once(demo_site, tmp_path):
+    """A broken install (here numpy, which only the image workers import, cannot be
+    imported, as on a scrapyd host missing a dependency): one ERROR line and a non-zero
+    status, not a crawl that fails every image as "undecodable" and exits 0."""
+    stub = tmp_path / "nonumpy" / "numpy"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('numpy is hidden by this test')\n")
+    result = run_crawl(tmp_path, "-a", f"url={demo_site.url('/gallery/')}",
+                       env={"PYTHONPATH": f"{stub.parent}{os.pathsep}{REPO}"})
+    errors = error_lines(result.log)
+    assert len(errors) == 1 and "before it started" in errors[0], result.log[-3000:]
+    assert "'finish_reason': 'worker_broken'" in result.log
+    assert result.returncode == exitstatus.FAILED
+    assert "(undecodable)" not in result.log

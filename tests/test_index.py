@@ -141,9 +141,9 @@ def test_an_index_made_before_validators_is_brought_up_to_date(tmp_path):
 def test_bytes_stay_where_they_were_first_kept(tmp_path):
     """A URL whose bytes another URL had already stored points at that file; downloaded
     again, it still does (the holder of the bytes is now its own record, naming that file)."""
-    from imgcrawl.index import StoredImages
+    from imgcrawl.index import LocalFiles, StoredImages
 
-    stored = StoredImages(SQLiteIndex(tmp_path / "index.sqlite"), tmp_path, "sig", 1e9)
+    stored = StoredImages(SQLiteIndex(tmp_path / "index.sqlite"), LocalFiles(tmp_path), "sig", 1e9)
 
     def kept(url: str, path: str) -> dict:
         (tmp_path / path).write_bytes(b"same bytes")  # what the worker wrote for it

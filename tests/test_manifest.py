@@ -25,8 +25,8 @@ import pytest
 from conftest import LocalSite, run_crawl
 from test_errors import unprivileged
 from imgcrawl.demo import make_image
-from imgcrawl import manifest as manifest_module
-from imgcrawl.manifest import LocalManifest, ManifestCsvItemExporter, ManifestFile, cut_torn_tail
+from imgcrawl.merge import LocalManifest, merge_manifest
+from imgcrawl.manifest import ManifestCsvItemExporter, ManifestFile, cut_torn_tail
 from imgcrawl.settings import FEED_EXPORT_FIELDS
 
 
@@ -271,7 +271,7 @@ def test_merge_keeps_each_urls_latest_line_in_page_order():
         jl("moved", "P3", 1, status="uptodate"),  # found on another page now
     ]
     bad = []
-    merged = list(manifest_module.merge_manifest([manifest, crawl], on_bad_line=lambda *b: bad.append(b)))
+    merged = list(merge_manifest([manifest, crawl], on_bad_line=lambda *b: bad.append(b)))
     assert merged == [line + b"\n" for line in (
         jl("a0", "P1", 0, status="downloaded"), jl("a1", "P1", 1, status="uptodate"),
         jl("old-style", "P1", status="downloaded"),
@@ -280,8 +280,8 @@ def test_merge_keeps_each_urls_latest_line_in_page_order():
     )]
     assert bad == [(1, b"{\"url\": \"torn"), (1, b"[1, 2]"), (1, b'{"url": 7}')]
     # Merging a merged manifest gives it back; an empty merge is empty.
-    assert list(manifest_module.merge_manifest([merged])) == merged
-    assert list(manifest_module.merge_manifest([[], []])) == []
+    assert list(merge_manifest([merged])) == merged
+    assert list(merge_manifest([[], []])) == []
 
 
 def test_merge_memory_stays_bounded_however_many_lines(tmp_path):
@@ -294,7 +294,7 @@ def test_merge_memory_stays_bounded_however_many_lines(tmp_path):
 
     tracemalloc.start()
     try:
-        count = sum(1 for _ in manifest_module.merge_manifest([lines("downloaded"), lines("uptodate")],
+        count = sum(1 for _ in merge_manifest([lines("downloaded"), lines("uptodate")],
                                                               scratch_dir=tmp_path))
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from conftest import LocalSite, run_crawl
 from imgcrawl import imaging, settings
 from imgcrawl.demo import encode
-from imgcrawl.index import RedisIndex, StoredImages
+from imgcrawl.index import LocalFiles, RedisIndex, StoredImages
 from imgcrawl.phash import NearIndex, distance, from_hex
 
 THRESHOLD = settings.IMGCRAWL_NEAR_DUPLICATE_DISTANCE
@@ -101,7 +101,7 @@ def test_workers_sharing_a_redis_index_find_each_others_images(redis_url, tmp_pa
         return {"url": f"http://site/{name}.jpg", "path": f"full/{name}.jpg", "thumbs": {},
                 "sha256": name, "phash": f"{hashes[name]:016x}"}
 
-    one, two = (StoredImages(RedisIndex(redis_url), tmp_path, "sig", 1e9, THRESHOLD) for _ in range(2))
+    one, two = (StoredImages(RedisIndex(redis_url), LocalFiles(tmp_path), "sig", 1e9, THRESHOLD) for _ in range(2))
     try:
         kept, how = one.keep(record("original"))
         assert how == "stored" and "near_duplicate_of" not in kept

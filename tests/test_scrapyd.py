@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 import venv
 from pathlib import Path
 
@@ -191,3 +192,13 @@ def test_deploy_and_schedule_on_scrapyd(scrapyd, demo_site, tmp_path):
     # sheet shows this crawl and says so.
     assert not (home / "images" / "manifest.jsonl").exists()
     assert "this crawl only" in (home / "images" / "index.html").read_text()
+
+
+def test_the_documented_scrapyd_host_install_has_every_dependency():
+    """docs/scrapyd.md's pip line is the host's only install (the egg carries no
+    dependencies): one missing there failed every image of every job."""
+    docs = (REPO / "docs" / "scrapyd.md").read_text()
+    line = next(line for line in docs.splitlines() if line.startswith('pip install "scrapyd'))
+    named = set(re.findall(r'"([^"]+)"', line))
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert set(dependencies) <= named, set(dependencies) - named
