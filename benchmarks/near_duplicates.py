@@ -129,6 +129,18 @@ def timings() -> None:
     start = time.perf_counter()
     min((q ^ h).bit_count() for h in hashes)
     print(f"  (a linear scan of 100,000 hashes, for comparison: {(time.perf_counter() - start) * 1e6:.0f} us)")
+    # Memory: what an index of 400,000 keys adds to the process beyond the key strings.
+    keys = [f"https://cdn.example.com/gallery/{n:07d}/photo-{rng.getrandbits(32):08x}.jpg" for n in range(400_000)]
+    before, index = rss_bytes(), NearIndex(10)
+    for key in keys:
+        index.add(key, rng.getrandbits(64))
+    print(f"  NearIndex(10) of {len(keys):,} keys: {(rss_bytes() - before) / len(keys):.0f} bytes of RSS per key "
+          "beyond the key strings")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) * 1024
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ quarters' near values, never at the whole collection.
 from __future__ import annotations
 
 import functools
+from array import array
 from itertools import combinations
 
 from PIL import Image
@@ -83,6 +84,11 @@ class NearIndex:
     Adding a key again replaces its hash. Each quarter's ``d // 4``-bit neighbourhood is
     probed (17 buckets per quarter up to a distance of 7, 137 up to 11); each bucket holds
     about n / 65536 hashes when the hashes are spread out.
+
+    Compact, because it grows with the collection: each key gets a number in the order it
+    was added; the hashes sit in one array by number and the buckets are arrays of
+    numbers, so a key costs its place in one dict and one list, 8 bytes of hash and four
+    4-byte bucket entries, beside the key string itself.
     """
 
     def __init__(self, max_distance: int):
@@ -90,48 +96,45 @@ class NearIndex:
             raise ValueError(f"a near-duplicate distance is 0 to {HASH_BITS - 1} bits, not {max_distance}")
         self.max_distance = max_distance
         self._probes = _flips(_QUARTER_BITS, max_distance // _QUARTERS)
-        self._buckets: list[dict[int, set[int]]] = [{} for _ in range(_QUARTERS)]  # quarter -> hashes
-        self._keys: dict[int, dict[str, int]] = {}  # hash -> {key: order added}
-        self._hashes: dict[str, int] = {}  # key -> hash
-        self._added = 0
+        self._buckets: list[dict[int, array]] = [{} for _ in range(_QUARTERS)]  # quarter -> numbers
+        self._numbers: dict[str, int] = {}  # key -> its number
+        self._keys: list[str | None] = []  # number -> key (None once removed or moved)
+        self._values = array("Q")  # number -> hash
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return len(self._numbers)
 
     @staticmethod
     def _quarters(value: int) -> list[int]:
         return [(value >> shift) & _QUARTER_MASK for shift in range(0, HASH_BITS, _QUARTER_BITS)]
 
     def hash_of(self, key: str) -> int | None:
-        return self._hashes.get(key)
+        number = self._numbers.get(key)
+        return None if number is None else self._values[number]
 
     def add(self, key: str, value: int) -> None:
         """File ``key`` under ``value`` (again: moved; under the same value: no change)."""
-        if self._hashes.get(key) == value:
+        if self.hash_of(key) == value:
             return
         self.remove(key)
-        self._added += 1
-        self._hashes[key] = value
-        keys = self._keys.get(value)
-        if keys is None:
-            keys = self._keys[value] = {}
-            for bucket, quarter in zip(self._buckets, self._quarters(value)):
-                bucket.setdefault(quarter, set()).add(value)
-        keys[key] = self._added
+        number = self._numbers[key] = len(self._keys)
+        self._keys.append(key)
+        self._values.append(value)
+        for bucket, quarter in zip(self._buckets, self._quarters(value)):
+            numbers = bucket.get(quarter)
+            if numbers is None:
+                numbers = bucket[quarter] = array("I")
+            numbers.append(number)
 
     def remove(self, key: str) -> None:
-        value = self._hashes.pop(key, None)
-        if value is None:
+        number = self._numbers.pop(key, None)
+        if number is None:
             return
-        keys = self._keys[value]
-        del keys[key]
-        if keys:
-            return
-        del self._keys[value]
-        for bucket, quarter in zip(self._buckets, self._quarters(value)):
-            hashes = bucket[quarter]
-            hashes.discard(value)
-            if not hashes:
+        self._keys[number] = None
+        for bucket, quarter in zip(self._buckets, self._quarters(self._values[number])):
+            numbers = bucket[quarter]
+            numbers.remove(number)
+            if not numbers:
                 del bucket[quarter]
 
     def nearest(self, value: int, exclude: str | None = None) -> tuple[str, int] | None:
@@ -140,15 +143,13 @@ class NearIndex:
         candidates: set[int] = set()
         for bucket, quarter in zip(self._buckets, self._quarters(value)):
             for flip in self._probes:
-                found = bucket.get(quarter ^ flip)
-                if found:
-                    candidates |= found
-        best: tuple[int, int, str] | None = None
-        for other in candidates:
-            d = (value ^ other).bit_count()
-            if d > self.max_distance or (best is not None and d > best[0]):
-                continue
-            for key, order in self._keys[other].items():
-                if key != exclude and (best is None or (d, order) < best[:2]):
-                    best = (d, order, key)
-        return (best[2], best[0]) if best else None
+                numbers = bucket.get(quarter ^ flip)
+                if numbers:
+                    candidates.update(numbers)
+        values, keys, limit = self._values, self._keys, self.max_distance
+        best: tuple[int, int] | None = None  # (distance, number)
+        for number in candidates:
+            d = (value ^ values[number]).bit_count()
+            if d <= limit and (best is None or (d, number) < best) and keys[number] != exclude:
+                best = (d, number)
+        return (keys[best[1]], best[0]) if best else None
