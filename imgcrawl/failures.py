@@ -14,8 +14,26 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
 
 logger = logging.getLogger(__name__)
+
+
+def forget_frames(failure: Failure) -> Failure:
+    """``failure`` without the frames it keeps: its traceback, and those of its exception
+    and of the exceptions that one was raised while handling. The frames hold the call's
+    arguments and locals (an image body), in reference cycles that only a full garbage
+    collection frees. Returns ``failure``, so it serves as an errback."""
+    failure.cleanFailure()
+    exc, seen = failure.value, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__context__
+    return failure
 
 
 class Failed(Exception):

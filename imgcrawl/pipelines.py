@@ -37,7 +37,9 @@ from twisted.internet.defer import DeferredSemaphore
 from twisted.python.failure import Failure
 
 from imgcrawl import compat, conditional, imaging, naming
-from imgcrawl.failures import STORE_FAILURES, Failed, StoreFailures, failure_reason, report_failure, store_failure
+from imgcrawl.failures import (
+    STORE_FAILURES, Failed, StoreFailures, failure_reason, forget_frames, report_failure, store_failure,
+)
 from imgcrawl.inflight import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes, holding, release
 from imgcrawl.index import RedisIndex, SQLiteIndex
 from imgcrawl.quotas import Quotas
@@ -116,17 +118,6 @@ def parse_thumbs(value: Any) -> dict[str, tuple[int, int]]:
             raise BadSetting(f"IMAGES_THUMBS[{name!r}] = {size!r} is not a name and [width, height]; {example}")
         thumbs[str(name)] = (width, height)
     return thumbs
-
-
-def forget_frames(failure: Failure) -> None:
-    """Drop the frames ``failure`` keeps: its traceback, and those of its exception and of
-    the exceptions that one was raised while handling."""
-    failure.cleanFailure()
-    exc, seen = failure.value, set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc.__traceback__ = None
-        exc = exc.__context__
 
 
 def worker_pool(name: str) -> type[ProcessWorkers | ThreadWorkers]:

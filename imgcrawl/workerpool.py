@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from imgcrawl import imaging
+from imgcrawl.failures import forget_frames
 from imgcrawl.worker import JOBS, READY, STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
@@ -214,14 +215,6 @@ class ProcessWorkers:
         return done
 
 
-def _without_frames(failure: Failure) -> Failure:
-    """A call's failure without its traceback: the frames in it hold the call's arguments (an
-    image body), in reference cycles that only a full garbage collection would free."""
-    failure.cleanFailure()
-    failure.value.__traceback__ = None
-    return failure
-
-
 class Threads:
     """A Twisted thread pool of our own: the reactor's is sized by Scrapy's
     REACTOR_THREADPOOL_MAXSIZE and resolves DNS, which image work must not crowd out.
@@ -250,7 +243,7 @@ class Threads:
             self.pool.start()
             self.shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._at_shutdown)
         self.running += 1
-        return deferToThreadPool(self.reactor, self.pool, fn, *args).addErrback(_without_frames).addBoth(self._finished)
+        return deferToThreadPool(self.reactor, self.pool, fn, *args).addErrback(forget_frames).addBoth(self._finished)
 
     def _finished(self, result):
         self.running -= 1
