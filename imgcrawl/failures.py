@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -87,11 +88,21 @@ def store_failure(exc: BaseException) -> str | None:
 
 class StoreFailures:
     """A store that cannot take more files: one ERROR line with the fix, the first time;
-    later failures are only counted."""
+    later failures are only counted. One per crawl (:meth:`of`): the pipeline and the
+    manifest kept in the store share it, so whichever meets the full disk first says it."""
 
     def __init__(self, root):
         self.root = root
         self.failed = False
+
+    _of_crawler: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, crawler, root) -> StoreFailures:
+        """The crawl's instance (made with ``root`` the first time)."""
+        if crawler not in cls._of_crawler:
+            cls._of_crawler[crawler] = cls(root)
+        return cls._of_crawler[crawler]
 
     def report(self, reason: str, exc: BaseException, message: str | None = None) -> bool:
         """Log the line (``message``, or the exception's own, or the reason's) unless it was

@@ -30,7 +30,7 @@ from scrapy.extensions.feedexport import FileFeedStorage
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.threads import deferToThread
 
-from imgcrawl.failures import store_failure
+from imgcrawl.failures import STORE_FAILURES, StoreFailures, store_failure
 from imgcrawl.merge import O_CLOEXEC, LocalManifest, MergeReport, cut_half_line
 
 logger = logging.getLogger(__name__)
@@ -213,8 +213,8 @@ class ManifestFileStorage(FileFeedStorage):
     The first line that cannot be written (disk full, read-only, no permission) is said once
     and closes the crawl, as the pipeline does when it cannot store an image: ``disk_full``,
     ``store_not_writable`` (else ``manifest_failed``). When the manifest is in
-    ``IMAGES_STORE`` and the pipeline has already said the store is full or read-only, that
-    one line is not said again. The images already stored stay in the index, so the next
+    ``IMAGES_STORE``, a full or read-only disk is the store's failure: one line for the
+    crawl, shared with the pipeline. The images already stored stay in the index, so the next
     crawl writes their lines (status ``uptodate``). A merge that fails leaves the journal
     pending, for the next crawl's merge.
     """
@@ -286,21 +286,33 @@ class ManifestFileStorage(FileFeedStorage):
             return
         self.failure = reason = store_failure(exc) or "manifest-failed"
         self._report(reason, exc, kept)
-        if self.crawler is not None and self.crawler.engine is not None:
+        if self.crawler is not None and self.crawler.crawling:
             deferred_from_coro(self._close(reason.replace("-", "_")))
 
     def _report(self, reason: str, exc: BaseException, kept: str) -> None:
         detail = getattr(exc, "strerror", None) or str(exc)
-        store = self.crawler.settings.get("IMAGES_STORE") if self.crawler else None
-        if store and self.crawler.stats.get_value(f"imgcrawl/failed/{reason}"):
-            # The pipeline has said that IMAGES_STORE is full / not writable; the manifest
-            # in it failing for the same reason is part of what that line said.
-            if Path(self.path).resolve().is_relative_to(Path(store).resolve()):
-                if kept:
-                    logger.info("Manifest %s not updated (%s: %s); %s", self.path, reason, detail, kept)
-                return
+        if self._said_by_the_store(reason, exc):
+            if kept:
+                logger.info("Manifest %s not updated (%s: %s); %s", self.path, reason, detail, kept)
+            return
         logger.error("imgcrawl: cannot write the manifest %s (%s): %s%s", self.path, detail,
                      MANIFEST_FAILURES[reason], f"; {kept}" if kept else "")
+
+    def _said_by_the_store(self, reason: str, exc: BaseException) -> bool:
+        """True when the crawl's one line about IMAGES_STORE covers this failure: the manifest
+        is in the store, and its disk is full (said here if no image met it first) or the
+        pipeline has said the store is not writable. A manifest directory alone not
+        writable gets its own line, which names the file."""
+        store = self.crawler.settings.get("IMAGES_STORE") if self.crawler else None
+        if not store or reason not in STORE_FAILURES:
+            return False
+        if not Path(self.path).resolve().is_relative_to(Path(store).resolve()):
+            return False
+        store_failures = StoreFailures.of(self.crawler, store)
+        if reason == "disk-full":
+            store_failures.report(reason, exc)
+            return True
+        return store_failures.failed
 
     async def _close(self, reason: str) -> None:
         try:

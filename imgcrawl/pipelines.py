@@ -227,7 +227,7 @@ class GalleryImagesPipeline(ImagesPipeline):
         self.quotas = Quotas(
             settings.getint("IMGCRAWL_MAX_IMAGES", 0), settings.getint("IMGCRAWL_MAX_BYTES", 0), self._quota_reached
         )
-        self.store_failures = StoreFailures(self.store)
+        self.store_failures = StoreFailures.of(crawler, self.store)
 
     async def open_spider(self, spider=None) -> None:
         super().open_spider()

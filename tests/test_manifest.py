@@ -4,6 +4,7 @@ journal), and the same fields as CSV with -o."""
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import html
 import json
@@ -198,6 +199,28 @@ def test_disk_full_with_the_manifest_in_the_store_one_line_and_whole_lines(demo_
     assert not list((retried / "crawls" / "pending").glob("*.jsonl"))
     if raw:  # merged, and kept as history
         assert (retried / "crawls" / journals[0].name).read_bytes() == raw
+
+
+def test_a_full_disk_met_by_the_manifest_first_is_the_stores_one_line(tmp_path, caplog):
+    """The manifest's line can meet the full disk before any image does (the race above):
+    the store's one line is said by whichever meets it first, never a second for the manifest."""
+    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+
+    from imgcrawl.manifest import ManifestFileStorage  # noqa: PLC0415
+    from imgcrawl.pipelines import GalleryImagesPipeline  # noqa: PLC0415
+
+    store = tmp_path / "store"
+    crawler = get_crawler(settings_dict={"IMAGES_STORE": str(store)})
+    pipeline = GalleryImagesPipeline.from_crawler(crawler)
+    manifest = ManifestFileStorage((store / "manifest.jsonl").as_uri(), crawler=crawler)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with caplog.at_level("INFO"):
+        manifest.failed(full, 1)
+        assert not pipeline.store_failures.report("disk-full", full)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"imgcrawl: IMAGES_STORE {store} is full (No space left on device): free some space "
+                      "there or point the crawl at a bigger disk with -s IMAGES_STORE=/path/to/dir"]
+    assert crawler.stats.get_value("imgcrawl/manifest/lines_lost") == 1
 
 
 def test_manifest_journals_not_writable_in_a_writable_store_one_line(demo_site, tmp_path):
