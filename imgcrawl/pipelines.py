@@ -169,6 +169,14 @@ def near_distance(value: Any) -> int | None:
     return None if distance < 0 else distance
 
 
+def default_max_inflight(concurrent_requests: int, per_host: int) -> int:
+    """``IMGCRAWL_MAX_INFLIGHT`` when not set: four images per connection to a host, so each
+    connection has the next image waiting while others' are being stored; and at most three
+    quarters of ``CONCURRENT_REQUESTS``, because the engine fetches no page while the
+    downloader holds that many requests: images filling it would starve the crawl of pages."""
+    return max(1, min(4 * per_host, concurrent_requests * 3 // 4))
+
+
 class GalleryImagesPipeline(ImagesPipeline):
     LOG_FAILED_RESULTS = False  # media_failed already said it, once
     DEFAULT_IMAGES_RESULT_FIELD = "images"
@@ -215,9 +223,9 @@ class GalleryImagesPipeline(ImagesPipeline):
         )
         self.worker_count = settings.getint("IMGCRAWL_WORKERS", 0) or os.cpu_count() or 2
         self.worker_pool = worker_pool(settings.get("IMGCRAWL_WORKER_POOL", "process"))
-        # Below CONCURRENT_REQUESTS: the engine fetches no page while the downloader holds
-        # that many requests, so images filling it would starve the crawl of new pages.
-        max_inflight = settings.getint("IMGCRAWL_MAX_INFLIGHT", settings.getint("CONCURRENT_REQUESTS") // 2)
+        per_host = settings.getint("CONCURRENT_REQUESTS_PER_IP") or settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")
+        max_inflight = settings.getint(
+            "IMGCRAWL_MAX_INFLIGHT", default_max_inflight(settings.getint("CONCURRENT_REQUESTS"), per_host))
         self.inflight = DeferredSemaphore(max(1, max_inflight))
         self.inflight_bytes = InflightBytes(settings.getint("IMGCRAWL_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES))
         self.redis_url = settings.get("IMGCRAWL_REDIS_URL")

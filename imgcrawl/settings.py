@@ -23,7 +23,7 @@ DOWNLOADER = "imgcrawl.compat.Downloader"
 # slot of concurrency reuses one kept connection instead of opening and closing extras.
 CONCURRENT_REQUESTS_PER_DOMAIN = 16
 # Room for a page host and image CDN hosts at full speed at once, and above the pipeline's
-# image bound (IMGCRAWL_MAX_INFLIGHT, half of this): while the downloader holds
+# image bound (IMGCRAWL_MAX_INFLIGHT, at most three quarters of this): while the downloader holds
 # CONCURRENT_REQUESTS requests the engine fetches no page, so images in flight filling it
 # would starve pagination.
 CONCURRENT_REQUESTS = 128

@@ -353,6 +353,27 @@ def test_max_inflight_bounds_the_images_in_progress(tmp_path, max_inflight, expe
     assert low <= seen["peak"] <= high, seen
 
 
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, 64),  # the defaults: 16 connections per host, CONCURRENT_REQUESTS 128
+    ({"CONCURRENT_REQUESTS_PER_DOMAIN": 32}, 96),  # 128 would leave pages no room under 128
+    ({"CONCURRENT_REQUESTS_PER_DOMAIN": 32, "CONCURRENT_REQUESTS": 256}, 128),
+    ({"CONCURRENT_REQUESTS_PER_IP": 4}, 16),
+    ({"IMGCRAWL_MAX_INFLIGHT": 7}, 7),
+])
+def test_max_inflight_default_follows_the_connections_per_host(settings, expected):
+    """Four images per connection to a host (a connection's next image waits while others
+    are stored), under three quarters of CONCURRENT_REQUESTS (pages need the rest)."""
+    from scrapy.utils.test import get_crawler  # noqa: PLC0415
+
+    from imgcrawl.pipelines import GalleryImagesPipeline  # noqa: PLC0415
+    from imgcrawl.settings import CONCURRENT_REQUESTS, CONCURRENT_REQUESTS_PER_DOMAIN  # noqa: PLC0415
+
+    crawler = get_crawler(settings_dict={"CONCURRENT_REQUESTS": CONCURRENT_REQUESTS,
+                                         "CONCURRENT_REQUESTS_PER_DOMAIN": CONCURRENT_REQUESTS_PER_DOMAIN,
+                                         "IMAGES_STORE": "unused", **settings})
+    assert GalleryImagesPipeline.from_crawler(crawler).inflight.limit == expected
+
+
 # -- IMAGES_EXPIRES --------------------------------------------------------------------
 
 def test_images_expires_refetches_stored_images_once_due_and_only_then(tmp_path):
