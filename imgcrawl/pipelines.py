@@ -223,9 +223,8 @@ class GalleryImagesPipeline(ImagesPipeline):
         )
         self.worker_count = settings.getint("IMGCRAWL_WORKERS", 0) or os.cpu_count() or 2
         self.worker_pool = worker_pool(settings.get("IMGCRAWL_WORKER_POOL", "process"))
-        per_host = settings.getint("CONCURRENT_REQUESTS_PER_IP") or settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")
-        max_inflight = settings.getint(
-            "IMGCRAWL_MAX_INFLIGHT", default_max_inflight(settings.getint("CONCURRENT_REQUESTS"), per_host))
+        max_inflight = settings.getint("IMGCRAWL_MAX_INFLIGHT", default_max_inflight(
+            settings.getint("CONCURRENT_REQUESTS"), settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")))
         self.inflight = DeferredSemaphore(max(1, max_inflight))
         self.inflight_bytes = InflightBytes(settings.getint("IMGCRAWL_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES))
         self.redis_url = settings.get("IMGCRAWL_REDIS_URL")

@@ -357,7 +357,7 @@ def test_max_inflight_bounds_the_images_in_progress(tmp_path, max_inflight, expe
     ({}, 64),  # the defaults: 16 connections per host, CONCURRENT_REQUESTS 128
     ({"CONCURRENT_REQUESTS_PER_DOMAIN": 32}, 96),  # 128 would leave pages no room under 128
     ({"CONCURRENT_REQUESTS_PER_DOMAIN": 32, "CONCURRENT_REQUESTS": 256}, 128),
-    ({"CONCURRENT_REQUESTS_PER_IP": 4}, 16),
+    ({"CONCURRENT_REQUESTS_PER_DOMAIN": 4}, 16),
     ({"IMGCRAWL_MAX_INFLIGHT": 7}, 7),
 ])
 def test_max_inflight_default_follows_the_connections_per_host(settings, expected):
