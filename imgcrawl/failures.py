@@ -91,11 +91,11 @@ class StoreFailures:
     later failures are only counted. One per crawl (:meth:`of`): the pipeline and the
     manifest kept in the store share it, so whichever meets the full disk first says it."""
 
+    _of_crawler: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
     def __init__(self, root):
         self.root = root
         self.failed = False
-
-    _of_crawler: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @classmethod
     def of(cls, crawler, root) -> StoreFailures:

@@ -174,7 +174,7 @@ def default_max_inflight(concurrent_requests: int, per_host: int) -> int:
     connection has the next image waiting while others' are being stored; and at most three
     quarters of ``CONCURRENT_REQUESTS``, because the engine fetches no page while the
     downloader holds that many requests: images filling it would starve the crawl of pages."""
-    return max(1, min(4 * per_host, concurrent_requests * 3 // 4))
+    return min(4 * per_host, concurrent_requests * 3 // 4)
 
 
 class GalleryImagesPipeline(ImagesPipeline):
