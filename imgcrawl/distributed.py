@@ -38,7 +38,7 @@ class RedisAddon:
             return
         for name, value in (
             ("REDIS_URL", url),
-            ("SCHEDULER", "scrapy_redis.scheduler.Scheduler"),
+            ("SCHEDULER", "imgcrawl.redis_scheduler.SharedScheduler"),
             ("DUPEFILTER_CLASS", "scrapy_redis.dupefilter.RFPDupeFilter"),
             # Keep the frontier and seen-set when a worker stops: the first worker to drain
             # must not wipe the dupefilter under the others, and a killed worker's pending
@@ -68,6 +68,8 @@ class RedisStartUrls:
         self.batch = crawler.settings.getint("CONCURRENT_REQUESTS")
         self.idle_since: float | None = None
         self.key = ""
+        self.begun = False
+        self.said_waiting = False
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -90,6 +92,17 @@ class RedisStartUrls:
         urls = self.server.lpop(self.key, self.batch) or []
         return [u.decode() if isinstance(u, bytes) else u for u in urls]
 
+    def crawl_begun(self, spider) -> bool:
+        """Has any worker queued a page yet (the shared seen-pages set exists)?"""
+        if not self.begun:
+            key = self.crawler.settings.get("SCHEDULER_DUPEFILTER_KEY", "%(spider)s:dupefilter")
+            self.begun = bool(self.server.exists(key % {"spider": spider.name}))
+            if not self.begun and not self.said_waiting:
+                self.said_waiting = True
+                logger.info("Waiting for the crawl to begin: no page queued in Redis yet; push a start URL "
+                            "to list %r", self.key)
+        return self.begun
+
     def response_received(self) -> None:
         self.idle_since = None
 
@@ -106,6 +119,10 @@ class RedisStartUrls:
             if request is not None:
                 self.crawler.engine.crawl(request)
         if urls:
+            raise DontCloseSpider
+        if not self.crawl_begun(spider):
+            # Started before any start URL was pushed: its countdown would run out while the
+            # others start (a second process then idles out before the first page exists).
             raise DontCloseSpider
         # Other workers may still be adding pages to the shared frontier; the engine
         # checks it again on each heartbeat while we keep the spider open.

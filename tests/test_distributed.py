@@ -153,6 +153,56 @@ def test_two_workers_share_one_frontier(redis_url, shared_site, tmp_path):
     client.close()
 
 
+def test_a_worker_takes_only_the_pages_it_can_start_soon(redis_url, shared_site, tmp_path):
+    """At Scrapy's full concurrency (CONCURRENT_REQUESTS 128, 16 connections per host) the
+    worker that finds the gallery takes at most IMGCRAWL_REDIS_PAGES_AHEAD of its detail pages
+    from the frontier, so the other worker gets some: the held pages are answered only once
+    both workers have asked for one (without the bound the first took all 16, the second none)."""
+    store = tmp_path / "store"
+    settings = {**worker_settings(redis_url, ""), "IMGCRAWL_REDIS_PAGES_AHEAD": "4",
+                "IMGCRAWL_REDIS_IDLE_CLOSE": "15"}
+    del settings["CONCURRENT_REQUESTS"]
+
+    def worker(name: str, *args: str):
+        home = tmp_path / name
+        home.mkdir()
+        return run_crawl(home, *args, store=store, settings={**settings, "USER_AGENT": name})
+
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(worker, "worker-a", "-a", f"url={shared_site.url('/gallery/')}")
+        b = pool.submit(worker, "worker-b")
+        results = [a.result(), b.result()]
+    for result in results:
+        assert result.returncode == 0, result.log[-3000:]
+    split = dict(shared_site.pages_by_worker)
+    assert set(split) == {"worker-a", "worker-b"} and sum(split.values()) == DETAIL_PAGES, split
+    assert {p: shared_site.hits[p] for p in PAGES} == dict.fromkeys(PAGES, 1)
+    assert len(list((store / "full").iterdir())) == DETAIL_PAGES
+
+
+def test_a_worker_started_before_the_push_waits_for_the_crawl_to_begin(redis_url, tmp_path):
+    """IMGCRAWL_REDIS_IDLE_CLOSE counts from when the crawl has begun (a page queued by any
+    worker), not from the worker's start: one started well before the start URL is pushed
+    still crawls the gallery, then finishes after its idle close."""
+    site = detail_site(lambda worker: None)
+    client = redis.Redis.from_url(redis_url)
+    settings = {**worker_settings(redis_url, "early"), "IMGCRAWL_REDIS_IDLE_CLOSE": "2"}
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            early = pool.submit(run_crawl, tmp_path, store=tmp_path / "store", settings=settings)
+            time.sleep(6)  # three idle closes: the old countdown had ended the worker by now
+            assert not early.done(), early.result().log[-3000:]
+            client.rpush("gallery:start_urls", site.url("/gallery/"))
+            result = early.result(timeout=120)
+    finally:
+        site.stop()
+        client.close()
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Waiting for the crawl to begin" in result.log
+    assert {p: site.hits[p] for p in PAGES} == dict.fromkeys(PAGES, 1)
+    assert len(list((tmp_path / "store" / "full").iterdir())) == DETAIL_PAGES
+
+
 def test_killed_worker_pages_are_crawled_on_restart(redis_url, tmp_path):
     """SCHEDULER_PERSIST: what a killed worker left queued is crawled after a restart."""
     release = threading.Event()
