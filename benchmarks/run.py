@@ -37,9 +37,9 @@ from verify import verify  # noqa: E402
 PY = sys.executable
 # W1x10 is long: by default only the contenders that finish it in minutes.
 DEFAULT_CONTENDERS = {
-    "W1": ["imgcrawl", "imgcrawl-aiohttp", "stock", "get", "session", "threadpool", "aiohttp", "floor-draft",
-           "floor-full"],
-    "W2": ["imgcrawl", "imgcrawl-aiohttp", "stock", "get", "session", "threadpool", "aiohttp", "aiohttp-equal",
+    "W1": ["imgcrawl", "imgcrawl-aiohttp", "fetch-only", "stock", "get", "session", "threadpool", "aiohttp",
+           "floor-draft", "floor-full"],
+    "W2": ["imgcrawl", "imgcrawl-aiohttp", "fetch-only", "stock", "get", "session", "threadpool", "aiohttp", "aiohttp-equal",
            "floor-draft"],
     "W1x10": ["imgcrawl", "threadpool", "floor-draft"],
 }
@@ -52,6 +52,9 @@ AIOHTTP_HANDLER = [
 # img2dataset's jobs (only with --img2dataset) keep one of the two outputs: each is counted and
 # verified on the one it keeps.
 ONE_OUTPUT = {"img2dataset-thumbs": "thumbs", "img2dataset-originals": "originals"}
+# Scrapy with imgcrawl's settings fetching every image and storing nothing (fetch_spider.py):
+# counted by the images the server sent, since it keeps none.
+FETCH_ONLY = "fetch-only"
 SERIAL = {"get", "session"}  # run on a URL prefix: at one image per round trip they take minutes
 PEER_CONNECTIONS = 32
 
@@ -182,6 +185,13 @@ def contender_command(name: str, base: str, urls_file: Path, corpus: Path,
         for setting in args.set + (AIOHTTP_HANDLER if name == "imgcrawl-aiohttp" else []):
             cmd += ["-s", setting]
         return cmd, args.checkout, env
+    if name == FETCH_ONLY:
+        env["PYTHONPATH"] = str(args.checkout)
+        cmd = [PY, "-m", "scrapy", "runspider", str(BENCH / "fetch_spider.py"), "-a", f"urls={urls_file}",
+               "-s", f"IMAGES_STORE={out}", "-s", "IMGCRAWL_ALLOW_PRIVATE=True"]
+        for setting in args.set:
+            cmd += ["-s", setting]
+        return cmd, args.checkout, env
     if name == "stock":
         # Run outside the project: Scrapy looks for scrapy.cfg in every parent of the cwd, and
         # finding ours would give stock Scrapy imgcrawl's tuned settings.
@@ -232,6 +242,11 @@ def run_workload(w: Workload, contenders: list[str], args: argparse.Namespace) -
             verified = {"thumbs": verdict.thumbs_ok == verdict.expected,
                         "originals": verdict.originals_exact == verdict.expected}.get(kept, verdict.ok)
             net = server.stats()
+            summary = verdict.summary()
+            if name == FETCH_ONLY:
+                stored = min(net["requests"], len(expected))
+                verified = net["requests"] >= len(expected)
+                summary = f"{net['requests']} fetched, nothing stored"
             row = {
                 "images": len(expected),
                 "prefix": name in SERIAL,
@@ -245,12 +260,12 @@ def run_workload(w: Workload, contenders: list[str], args: argparse.Namespace) -
                 "tree_rss_mb": round(m.tree_rss_mb, 1),
                 "returncode": m.returncode,
                 "verified": verified,
-                "verify": verdict.summary(),
+                "verify": summary,
                 **({} if name.startswith("floor-") else net),
             }
             results["contenders"][name] = row
             print(f"    {row['images_per_s']} images/s, {row['wall_s']} s, rc={m.returncode}, "
-                  f"{verdict.summary()}, {net}", flush=True)
+                  f"{summary}, {net}", flush=True)
     conc = imgcrawl_concurrency(overrides)
     results["network_bound"] = {
         "imgcrawl": round(conc * 1000 / w.latency_ms, 1),

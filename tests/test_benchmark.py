@@ -119,7 +119,7 @@ def test_tiny_run_verifies_every_contender(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run.py"), "W1", "--images", "20", "--prefix", "5",
          "--out", str(tmp_path), "--only",
-         "imgcrawl,imgcrawl-aiohttp,stock,session,threadpool,aiohttp,aiohttp-equal,floor-draft",
+         "imgcrawl,imgcrawl-aiohttp,fetch-only,stock,session,threadpool,aiohttp,aiohttp-equal,floor-draft",
          "--set", "CONCURRENT_REQUESTS_PER_DOMAIN=3", "--timeout", "150"],
         capture_output=True, text=True, timeout=600,
     )
@@ -142,6 +142,11 @@ def test_tiny_run_verifies_every_contender(tmp_path):
     # imgcrawl crawled the page (and robots.txt) rather than being handed the URLs.
     assert rows["imgcrawl"]["requests"] == rows["imgcrawl-aiohttp"]["requests"] == 22
     assert "| imgcrawl | 20 |" in proc.stdout
+    # Fetch-only: Scrapy with imgcrawl's settings fetched every image URL (and robots.txt),
+    # over imgcrawl's per-host connections, and stored nothing.
+    fetched = rows["fetch-only"]
+    assert fetched["verified"] and fetched["requests"] == 21 and fetched["connections"] <= 3
+    assert fetched["verify"] == "21 fetched, nothing stored" and not (tmp_path / "W1" / "fetch-only" / "full").exists()
 
     # The verifier notices a changed original and a missing thumbnail.
     urls = (tmp_path / "W1" / "urls.txt").read_text().split()
