@@ -39,8 +39,8 @@ PY = sys.executable
 DEFAULT_CONTENDERS = {
     "W1": ["imgcrawl", "imgcrawl-aiohttp", "fetch-only", "stock", "get", "session", "threadpool", "aiohttp",
            "floor-draft", "floor-full"],
-    "W2": ["imgcrawl", "imgcrawl-aiohttp", "fetch-only", "stock", "get", "session", "threadpool", "aiohttp", "aiohttp-equal",
-           "floor-draft"],
+    "W2": ["imgcrawl", "imgcrawl-aiohttp", "fetch-only", "stock", "get", "session", "threadpool", "aiohttp",
+           "aiohttp-equal", "floor-draft"],
     "W1x10": ["imgcrawl", "threadpool", "floor-draft"],
 }
 # imgcrawl with Scrapy's (experimental) aiohttp download handler, on the asyncio reactor it needs.
@@ -53,7 +53,7 @@ AIOHTTP_HANDLER = [
 # verified on the one it keeps.
 ONE_OUTPUT = {"img2dataset-thumbs": "thumbs", "img2dataset-originals": "originals"}
 # Scrapy with imgcrawl's settings fetching every image and storing nothing (fetch_spider.py):
-# counted by the images the server sent, since it keeps none.
+# counted by the requests the server answered, since it keeps nothing.
 FETCH_ONLY = "fetch-only"
 SERIAL = {"get", "session"}  # run on a URL prefix: at one image per round trip they take minutes
 PEER_CONNECTIONS = 32
@@ -177,19 +177,14 @@ def contender_command(name: str, base: str, urls_file: Path, corpus: Path,
     env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
     env["PYTHONPATH"] = str(REPO)
     gallery = f"{base}/gallery/"
-    if name in ("imgcrawl", "imgcrawl-aiohttp"):
+    if name in ("imgcrawl", "imgcrawl-aiohttp", FETCH_ONLY):
         env["PYTHONPATH"] = str(args.checkout)
+        # In the project, so imgcrawl's settings apply.
+        spider = (["runspider", str(BENCH / "fetch_spider.py"), "-a", f"urls={urls_file}"] if name == FETCH_ONLY
+                  else ["crawl", "gallery", "-a", f"url={gallery}"])
         # The benchmark site is on 127.0.0.1, which the SSRF guard refuses by default.
-        cmd = [PY, "-m", "scrapy", "crawl", "gallery", "-a", f"url={gallery}", "-s", f"IMAGES_STORE={out}",
-               "-s", "IMGCRAWL_ALLOW_PRIVATE=True"]
+        cmd = [PY, "-m", "scrapy", *spider, "-s", f"IMAGES_STORE={out}", "-s", "IMGCRAWL_ALLOW_PRIVATE=True"]
         for setting in args.set + (AIOHTTP_HANDLER if name == "imgcrawl-aiohttp" else []):
-            cmd += ["-s", setting]
-        return cmd, args.checkout, env
-    if name == FETCH_ONLY:
-        env["PYTHONPATH"] = str(args.checkout)
-        cmd = [PY, "-m", "scrapy", "runspider", str(BENCH / "fetch_spider.py"), "-a", f"urls={urls_file}",
-               "-s", f"IMAGES_STORE={out}", "-s", "IMGCRAWL_ALLOW_PRIVATE=True"]
-        for setting in args.set:
             cmd += ["-s", setting]
         return cmd, args.checkout, env
     if name == "stock":
