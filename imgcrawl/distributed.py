@@ -68,6 +68,7 @@ class RedisStartUrls:
         self.batch = crawler.settings.getint("CONCURRENT_REQUESTS")
         self.idle_since: float | None = None
         self.key = ""
+        self.seen_key = ""  # the shared dupefilter's: it exists once any worker queued a page
         self.begun = False
         self.said_waiting = False
 
@@ -85,18 +86,21 @@ class RedisStartUrls:
         return ext
 
     def spider_opened(self, spider) -> None:
+        from scrapy_redis import defaults  # only needed when distributed
+
         self.key = START_URLS_KEY % {"name": spider.name}
+        self.seen_key = self.crawler.settings.get(
+            "SCHEDULER_DUPEFILTER_KEY", defaults.SCHEDULER_DUPEFILTER_KEY) % {"spider": spider.name}
         logger.info("Distributed crawl: shared frontier in Redis; start URLs also from list %r", self.key)
 
     def pop_start_urls(self) -> list[str]:
         urls = self.server.lpop(self.key, self.batch) or []
         return [u.decode() if isinstance(u, bytes) else u for u in urls]
 
-    def crawl_begun(self, spider) -> bool:
+    def crawl_begun(self) -> bool:
         """Has any worker queued a page yet (the shared seen-pages set exists)?"""
         if not self.begun:
-            key = self.crawler.settings.get("SCHEDULER_DUPEFILTER_KEY", "%(spider)s:dupefilter")
-            self.begun = bool(self.server.exists(key % {"spider": spider.name}))
+            self.begun = bool(self.server.exists(self.seen_key))
             if not self.begun and not self.said_waiting:
                 self.said_waiting = True
                 logger.info("Waiting for the crawl to begin: no page queued in Redis yet; push a start URL "
@@ -120,7 +124,7 @@ class RedisStartUrls:
                 self.crawler.engine.crawl(request)
         if urls:
             raise DontCloseSpider
-        if not self.crawl_begun(spider):
+        if not self.crawl_begun():
             # Started before any start URL was pushed: its countdown would run out while the
             # others start (a second process then idles out before the first page exists).
             raise DontCloseSpider
