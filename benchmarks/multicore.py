@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -29,42 +28,15 @@ from dataclasses import replace
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
 
 from corpus import WORKLOADS, ensure_corpus, load_corpus  # noqa: E402
 from run import PY, REPO, Server, measure  # noqa: E402
+from servers import start_redis  # noqa: E402
 from verify import verify  # noqa: E402
 
 PER_HOST = 16  # imgcrawl's default CONCURRENT_REQUESTS_PER_DOMAIN, shared out among the processes
 IDLE_CLOSE = 10  # seconds a drained process waits for the others' pages (a frontier runs dry between pages)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(data: Path) -> tuple[subprocess.Popen, str]:
-    import redis
-
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):  # up to ~10 s
-        try:
-            client.ping()
-            return proc, url
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("redis-server did not answer within 10 s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from imgcrawl.demo import build_gallery
+from servers import start_redis
 
 REPO = Path(__file__).resolve().parent.parent
 CRAWL_TIMEOUT = 180  # seconds; every crawl subprocess is killed after this
@@ -185,40 +184,16 @@ def run_crawl(tmp_path: Path, *args: str, spider: str = "gallery", store: Path |
     return CrawlResult(proc.returncode, proc.stdout + proc.stderr, store)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def redis_url(tmp_path):
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (.ci/run installs the Debian package)")
-    port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
-    proc = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis  # the `distributed` extra
-
-    client = redis.Redis.from_url(url)
     try:
-        for _ in range(100):  # up to ~10 s
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("redis-server did not answer within 10 s")
+        proc, url = start_redis(data)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         yield url
     finally:
-        client.close()
         proc.kill()
         proc.wait(timeout=10)

@@ -9,7 +9,8 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO, free_port, run_crawl
+from servers import free_port
+from conftest import REPO, run_crawl
 from imgcrawl import exitstatus
 from imgcrawl.spiders.gallery import GallerySpider
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REPO, LocalSite, free_port, run_crawl
+from servers import free_port
+from conftest import REPO, LocalSite, run_crawl
 from seaweedfs import SeaweedFS
 from test_distributed import shared_site, worker_settings  # noqa: F401 - shared_site is a fixture
 

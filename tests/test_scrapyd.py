@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, free_port
+from servers import free_port
+from conftest import REPO
 from imgcrawl import exitstatus
 from test_crawl import expected_images
 from test_example_spiders import SPIDER_FIXTURES, serve
